@@ -185,6 +185,26 @@ pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightRef<'_>, &mut [f32])], 
     });
 }
 
+/// Runs `f(r, out)` for every weight row `r` in parallel; `f` fills
+/// `out[t]` (one value per token, `n` of them) and the results land in
+/// `y[t * rows + r]`. For weight formats computed outside this crate.
+pub fn par_rows(pool: &ThreadPool, rows: usize, n: usize, y: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    assert_eq!(y.len(), rows * n, "output buffer does not match");
+    let chunk = (rows / (pool.threads() * 4)).clamp(1, 256);
+    let out = SyncPtr(y.as_mut_ptr());
+    pool.run(rows.div_ceil(chunk), &|task| {
+        let mut buf = vec![0f32; n];
+        for r in task * chunk..((task + 1) * chunk).min(rows) {
+            f(r, &mut buf);
+            for (t, v) in buf.iter().enumerate() {
+                // SAFETY: row `r` belongs to this task alone; the index is
+                // below `rows * n` (checked above).
+                unsafe { *out.get().add(t * rows + r) = *v };
+            }
+        }
+    });
+}
+
 #[inline]
 fn dot_rows(isa: Isa, w: &WeightRef<'_>, wrow: &[u8], a: &Activations, t: usize, take: usize, res: &mut [f32; 4]) {
     let quantized = w.ty.quantized();
