@@ -62,8 +62,10 @@ pub struct Rope {
     pub dims: usize,
     /// Pairing of dimensions.
     pub style: RopeStyle,
-    /// Per-pair frequency multipliers `base^(-2i/dims) / factor_i`.
-    inv_freq: Vec<f32>,
+    /// `base^(-2/dims)`.
+    theta_scale: f32,
+    /// Per-pair frequency divisors (Llama 3 scaling), 1 otherwise.
+    factors: Vec<f32>,
     /// Linear position scaling (1 / factor).
     freq_scale: f32,
 }
@@ -76,20 +78,18 @@ impl Rope {
         // Accumulated by repeated multiplication, as ggml does, so angles
         // round the same way.
         let theta_scale = base.powf(-2.0 / dims as f32);
-        let mut inv_freq = Vec::with_capacity(dims / 2);
-        let mut t = 1.0f32;
-        for i in 0..dims / 2 {
-            let ff = freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
-            inv_freq.push(t / ff);
-            t *= theta_scale;
-        }
-        Rope { dims, style, inv_freq, freq_scale }
+        let factors = (0..dims / 2).map(|i| freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)).collect();
+        Rope { dims, style, theta_scale, factors, freq_scale }
     }
 
     /// Fills `cos` and `sin` (each `dims / 2` long) for position `pos`.
     pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        // As ggml: the angle of pair i is pos * scale^i accumulated by
+        // repeated multiplication, then divided by the pair's factor.
+        let mut theta = pos as f32;
         for i in 0..self.dims / 2 {
-            let th = self.freq_scale * (pos as f32 * self.inv_freq[i]);
+            let th = self.freq_scale * theta / self.factors[i];
+            theta *= self.theta_scale;
             cos[i] = th.cos();
             sin[i] = th.sin();
         }
