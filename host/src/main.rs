@@ -1,1 +1,98 @@
-fn main(){}
+//! The `palisade` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use palisade::bench::{BenchArgs, run_bench};
+use palisade::generate::{GenerateArgs, run_generate};
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "An OpenAI-compatible LLM inference server with WebAssembly security plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream one completion to standard output (the completion only).
+    Generate {
+        /// GGUF file or Hugging Face model directory (default: the cached
+        /// SmolLM2-135M-Instruct Q4_1).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// A tokenizer.json to use instead of the model's.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Send the prompt as a user message through the chat template.
+        #[arg(long)]
+        chat: bool,
+        /// System message (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Nucleus sampling threshold.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Keep only the k most likely tokens (0: off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Random seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Compute threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Measure prefill and decode speed, optionally next to llama.cpp.
+    Bench {
+        /// GGUF file (default: the cached default model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Thread counts to measure, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Prompt tokens for prefill.
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Tokens generated for decode.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python with llama-cpp-python: also run llama.cpp, alternating.
+        #[arg(long)]
+        llama_cpp_python: Option<PathBuf>,
+        /// The llama.cpp benchmark script.
+        #[arg(long, default_value = "scripts/llama_cpp_bench.py")]
+        script: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    match Cli::parse().command {
+        Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {
+            let args = GenerateArgs { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, threads, stop };
+            run_generate(&args, &mut std::io::stdout().lock())?;
+        }
+        Command::Bench { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script } => {
+            let table = run_bench(&BenchArgs { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script })?;
+            println!("{table}");
+        }
+    }
+    Ok(())
+}

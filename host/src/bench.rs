@@ -1,0 +1,155 @@
+//! `palisade bench`: engine prefill and decode speed, optionally side by
+//! side with llama.cpp (through `scripts/llama_cpp_bench.py` and
+//! llama-cpp-python) on the same GGUF and thread count, alternating runs so
+//! both see the same machine load. Prints medians and ratios.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use palisade_engine::model::{KvCache, Workspace};
+use palisade_engine::sampling::argmax;
+use palisade_engine::{Engine, EngineOptions};
+
+use crate::HostError;
+
+/// The paragraph the benchmark prompt repeats (the same text the llama.cpp
+/// script uses, so both evaluate identical token ids).
+pub const PARAGRAPH: &str = "The history of computing is a story of steady abstraction. Early machines were programmed by rewiring panels and flipping switches, and every instruction had to be spelled out in the language of the hardware itself. Over the decades, engineers built layer upon layer of tools, from assemblers and compilers to operating systems and high-level languages, so that people could describe what they wanted rather than how the circuits should move each bit. Today a single sentence typed into a text box can set millions of calculations in motion, yet underneath it all the same simple operations of adding, comparing and moving numbers still do the work. ";
+
+/// Arguments of `palisade bench`.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// Model path (default: the cached default model).
+    pub model: Option<PathBuf>,
+    /// Thread counts to measure.
+    pub threads: Vec<usize>,
+    /// Prompt tokens for the prefill measurement.
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    pub gen_tokens: usize,
+    /// Repetitions per configuration (medians are reported).
+    pub reps: usize,
+    /// Python interpreter with llama-cpp-python, to run llama.cpp alongside.
+    pub llama_cpp_python: Option<PathBuf>,
+    /// The llama.cpp benchmark script.
+    pub script: PathBuf,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Speed {
+    /// Prompt tokens per second.
+    pub prefill: f64,
+    /// Generated tokens per second.
+    pub decode: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The benchmark prompt: [`PARAGRAPH`] repeated until long enough, cut to
+/// exactly `n` tokens.
+pub fn prompt_ids(engine: &Engine, n: usize) -> Result<Vec<u32>, HostError> {
+    let mut k = 1;
+    loop {
+        let ids = engine.tokenizer().encode(&PARAGRAPH.repeat(k), false, false)?;
+        if ids.len() >= n {
+            return Ok(ids[..n].to_vec());
+        }
+        k += 1;
+    }
+}
+
+/// Measures our engine once: a prefill of `prompt`, then `gen` greedy
+/// decode steps after a 16-token prompt.
+pub fn measure_ours(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> Result<Speed, HostError> {
+    let m = engine.model();
+    let mut ws = Workspace::default();
+    let mut cache = KvCache::new(&m.config, prompt.len().max(16 + gen_tokens) + 1);
+    let t = Instant::now();
+    m.forward(engine.pool(), &mut ws, &mut cache, prompt, 0, false)?;
+    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    cache.truncate(0);
+    let start = &prompt[..16.min(prompt.len())];
+    let mut tok = argmax(m.forward(engine.pool(), &mut ws, &mut cache, start, 0, false)?);
+    let mut pos = start.len();
+    let t = Instant::now();
+    for _ in 0..gen_tokens {
+        tok = argmax(m.forward(engine.pool(), &mut ws, &mut cache, &[tok], pos, false)?);
+        pos += 1;
+    }
+    let decode = gen_tokens as f64 / t.elapsed().as_secs_f64();
+    Ok(Speed { prefill, decode })
+}
+
+fn measure_llama_cpp(python: &PathBuf, script: &PathBuf, model: &PathBuf, threads: usize, a: &BenchArgs) -> Result<Speed, HostError> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--model", &model.to_string_lossy()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
+        .args(["--gen-tokens", &a.gen_tokens.to_string()])
+        .args(["--reps", "1"])
+        .output()
+        .map_err(|e| HostError::Peer(format!("running {}: {e}", python.display())))?;
+    if !out.status.success() {
+        return Err(HostError::Peer(format!("{} exited with {}: {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr))));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| HostError::Peer(format!("unreadable output {line:?}: {e}")))?;
+    Ok(Speed { prefill: v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN), decode: v["decode_tok_s"].as_f64().unwrap_or(f64::NAN) })
+}
+
+/// Runs the benchmark and returns the table as Markdown.
+pub fn run_bench(a: &BenchArgs) -> Result<String, HostError> {
+    let model = crate::resolve_model(a.model.as_ref())?;
+    if a.reps == 0 || a.prompt_tokens < 16 {
+        return Err(HostError::InvalidArgument { flag: "reps", message: "need at least 1 rep and 16 prompt tokens".into() });
+    }
+    let mut table = String::new();
+    table.push_str(&format!(
+        "model: {}\nkernels: {}; prompt {} tokens, decode {} tokens, {} reps (medians)\n\n",
+        model.display(),
+        palisade_kernels::cpu::isa().name(),
+        a.prompt_tokens,
+        a.gen_tokens,
+        a.reps
+    ));
+    let with_peer = a.llama_cpp_python.is_some();
+    table.push_str(if with_peer {
+        "| threads | metric | palisade tok/s | llama.cpp tok/s | palisade / llama.cpp |\n|---:|---|---:|---:|---:|\n"
+    } else {
+        "| threads | metric | palisade tok/s |\n|---:|---|---:|\n"
+    });
+    for &threads in &a.threads {
+        let engine = Engine::load(&EngineOptions { model: model.clone(), threads, ..Default::default() })?;
+        let prompt = prompt_ids(&engine, a.prompt_tokens)?;
+        measure_ours(&engine, &prompt[..64.min(prompt.len())], 8)?; // warm-up
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for rep in 0..a.reps {
+            ours.push(measure_ours(&engine, &prompt, a.gen_tokens)?);
+            if let Some(py) = &a.llama_cpp_python {
+                theirs.push(measure_llama_cpp(py, &a.script, &model, threads, a)?);
+            }
+            eprintln!("threads {threads} rep {}: ours {:?} llama.cpp {:?}", rep + 1, ours.last(), theirs.last());
+        }
+        for (name, pick) in [("prefill", (|s: &Speed| s.prefill) as fn(&Speed) -> f64), ("decode", |s: &Speed| s.decode)] {
+            let label = if name == "prefill" { format!("prefill {}", a.prompt_tokens) } else { format!("decode {}", a.gen_tokens) };
+            let o = median(ours.iter().map(pick).collect());
+            if with_peer {
+                let t = median(theirs.iter().map(pick).collect());
+                table.push_str(&format!("| {threads} | {label} | {o:.1} | {t:.1} | {:.2}x |\n", o / t));
+            } else {
+                table.push_str(&format!("| {threads} | {label} | {o:.1} |\n"));
+            }
+        }
+    }
+    Ok(table)
+}

@@ -1,0 +1,32 @@
+//! The host's error type, one enum for the crate.
+
+use std::path::PathBuf;
+
+/// Errors from the host's commands.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The engine failed (loading, tokenizing, generating).
+    #[error(transparent)]
+    Engine(#[from] palisade_engine::EngineError),
+    /// Writing output failed.
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    /// No `--model` and the default model is not cached.
+    #[error("the default model is not at {path}; fetch it with scripts/fetch-model.sh or pass --model")]
+    DefaultModelMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A command-line value is out of range.
+    #[error("invalid value for --{flag}: {message}")]
+    InvalidArgument {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The llama.cpp side of the benchmark failed.
+    #[error("llama.cpp benchmark: {0}")]
+    Peer(String),
+}

@@ -1,0 +1,42 @@
+//! Palisade: an OpenAI-compatible LLM inference server whose security logic
+//! runs as WebAssembly components.
+//!
+//! This crate holds the `palisade` binary's commands. Today: `generate`
+//! (stream a completion from the command line) and `bench` (engine speed,
+//! optionally side by side with llama.cpp).
+//!
+//! ```no_run
+//! use palisade::generate::{GenerateArgs, run_generate};
+//! let args = GenerateArgs { prompt: "Hello".into(), max_tokens: 8, ..Default::default() };
+//! run_generate(&args, &mut std::io::stdout())?;
+//! # Ok::<(), palisade::HostError>(())
+//! ```
+
+pub mod bench;
+pub mod error;
+pub mod generate;
+
+use std::path::PathBuf;
+
+pub use error::HostError;
+
+/// Where `scripts/fetch-model.sh` caches the default model.
+pub fn default_model_path() -> PathBuf {
+    let base = std::env::var_os("PALISADE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join(".cache/palisade")
+    });
+    base.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The model to use: the one given, or the cached default (with a clear
+/// error naming the fetch script when it is missing).
+pub fn resolve_model(given: Option<&PathBuf>) -> Result<PathBuf, HostError> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let p = default_model_path();
+            if p.exists() { Ok(p) } else { Err(HostError::DefaultModelMissing { path: p }) }
+        }
+    }
+}
