@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use palisade::bench::{BenchArgs, run_bench};
-use palisade::generate::{GenerateArgs, run_generate};
+use palisade::generate::{GenerateArgs, run_chat, run_generate};
 
 #[derive(Parser)]
 #[command(name = "palisade", version, about = "An OpenAI-compatible LLM inference server with WebAssembly security plugins")]
@@ -56,6 +56,31 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Chat with the model on the command line (one line per turn).
+    Chat {
+        /// GGUF file or Hugging Face model directory (default: the cached
+        /// SmolLM2-135M-Instruct Q4_1).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens per reply.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        /// Nucleus sampling threshold.
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f32,
+        /// Random seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compute threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Measure prefill and decode speed, optionally next to llama.cpp.
     Bench {
         /// GGUF file (default: the cached default model).
@@ -88,6 +113,10 @@ fn main() -> Result<()> {
         Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {
             let args = GenerateArgs { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, threads, stop };
             run_generate(&args, &mut std::io::stdout().lock())?;
+        }
+        Command::Chat { model, system, max_tokens, temperature, top_p, seed, threads } => {
+            let args = GenerateArgs { model, system, max_tokens, temperature, top_p, seed, threads, chat: true, ..Default::default() };
+            run_chat(&args, &mut std::io::stdin().lock(), &mut std::io::stdout().lock())?;
         }
         Command::Bench { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script } => {
             let table = run_bench(&BenchArgs { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script })?;

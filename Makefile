@@ -1,0 +1,60 @@
+# Palisade: the two commands of the README, and their set-up steps.
+#   make serve   fetch the default model, build, run the main job
+#   make test    fetch and install everything, run the whole test suite
+# Every step is idempotent: a second run reuses the cached model, the venv
+# and the build.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+BENCH_VENV := .venv-bench
+export PALISADE_CACHE_DIR ?= $(HOME)/.cache/palisade
+MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: serve test setup model toolchain venv build test-rust test-e2e bench fixtures
+
+serve: model
+	$(CARGO) build --release
+	./target/release/palisade chat
+
+test: setup
+	$(MAKE) test-rust
+	$(MAKE) test-e2e
+
+setup: toolchain model venv
+
+toolchain:
+	rustup target add wasm32-wasip2
+
+model:
+	scripts/fetch-model.sh
+
+$(VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test-rust:
+	PALISADE_MODEL=$(MODEL) $(CARGO) test --workspace
+
+test-e2e: venv
+	$(CARGO) build --bin palisade
+	$(VENV)/bin/python -m pytest -q tests/e2e
+
+# Benchmarks (not part of the test suite): ours against llama.cpp, built
+# from source by pip into a separate venv (about 10 minutes the first time).
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --disable-pip-version-check llama-cpp-python==0.3.36 numpy jinja2
+	touch $@
+
+bench: model $(BENCH_VENV)/.installed
+	$(CARGO) build --release
+	./target/release/palisade bench --llama-cpp-python $(BENCH_VENV)/bin/python
+
+# Regenerates tests/fixtures from llama.cpp (commit the result).
+fixtures: model $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python scripts/make_fixtures.py --model $(MODEL)
