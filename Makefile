@@ -1,5 +1,5 @@
 # Palisade: the two commands of the README, and their set-up steps.
-#   make serve   fetch the default model, build, run the main job
+#   make serve   fetch the models, build, run the server on 127.0.0.1:8080
 #   make test    fetch and install everything, run the whole test suite
 # Every step is idempotent: a second run reuses the cached model, the venv
 # and the build.
@@ -11,24 +11,28 @@ VENV := .venv
 BENCH_VENV := .venv-bench
 export PALISADE_CACHE_DIR ?= $(HOME)/.cache/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model toolchain venv build test-rust test-e2e bench fixtures
+.PHONY: serve test setup model embedding-model toolchain venv build test-rust test-e2e bench fixtures
 
-serve: model
+serve: model embedding-model
 	$(CARGO) build --release
-	./target/release/palisade chat
+	./target/release/palisade serve
 
 test: setup
 	$(MAKE) test-rust
 	$(MAKE) test-e2e
 
-setup: toolchain model venv
+setup: toolchain model embedding-model venv
 
 toolchain:
 	rustup target add wasm32-wasip2
 
 model:
 	scripts/fetch-model.sh
+
+embedding-model:
+	scripts/fetch-embedding-model.sh
 
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +42,7 @@ $(VENV)/.installed: tests/requirements.txt
 venv: $(VENV)/.installed
 
 test-rust:
-	PALISADE_MODEL=$(MODEL) $(CARGO) test --workspace
+	PALISADE_MODEL=$(MODEL) PALISADE_EMBED_MODEL=$(EMBED_MODEL) $(CARGO) test --workspace
 
 test-e2e: venv
 	$(CARGO) build --bin palisade

@@ -18,6 +18,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 pub use chat::ChatTemplate;
 pub use config::ModelConfig;
+pub use embed::EmbeddingModel;
 pub use error::{EngineError, Result};
 pub use generate::{FinishReason, GenerateRequest, Generation, Step};
 pub use model::{KvCache, Model, Workspace};

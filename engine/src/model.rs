@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
+use half::vec::HalfBitsVecExt;
 use palisade_kernels::attention::{AttnShape, attention};
 use palisade_kernels::matmul::Activations;
 use palisade_kernels::ops::{Rope, add_assign, rms_norm, silu_mul};
@@ -297,7 +298,9 @@ impl KvCache {
     /// reserved zeroed, so pages are only touched as positions fill.
     pub fn new(config: &ModelConfig, capacity: usize) -> Self {
         let width = config.n_kv_heads * config.head_dim;
-        let mk = || (0..config.n_layers).map(|_| vec![f16::ZERO; capacity * width]).collect();
+        // Zeroed u16 allocations come from calloc: pages are mapped lazily,
+        // so a large capacity costs nothing until positions are written.
+        let mk = || (0..config.n_layers).map(|_| vec![0u16; capacity * width].reinterpret_into::<f16>()).collect();
         KvCache { k: mk(), v: mk(), width, capacity, len: 0 }
     }
 

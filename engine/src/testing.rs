@@ -3,6 +3,8 @@
 //! same weights in every format, so loaders can be checked against each
 //! other.
 
+pub mod bert;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, GgmlType};

@@ -26,6 +26,17 @@ pub enum HostError {
         /// What is wrong.
         message: String,
     },
+    /// The configuration file or a flag is invalid.
+    #[error("configuration {path}: {message}")]
+    Config {
+        /// The file (or the key, for value errors).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The server could not start (bind, TLS files).
+    #[error("server: {0}")]
+    Server(String),
     /// The llama.cpp side of the benchmark failed.
     #[error("llama.cpp benchmark: {0}")]
     Peer(String),

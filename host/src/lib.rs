@@ -1,9 +1,9 @@
 //! Palisade: an OpenAI-compatible LLM inference server whose security logic
 //! runs as WebAssembly components.
 //!
-//! This crate holds the `palisade` binary's commands. Today: `generate`
-//! (stream a completion from the command line) and `bench` (engine speed,
-//! optionally side by side with llama.cpp).
+//! This crate holds the `palisade` binary: `serve` (the OpenAI-compatible
+//! HTTP server), `generate` and `chat` (the engine from the command line),
+//! and `bench` (engine speed, optionally side by side with llama.cpp).
 //!
 //! ```no_run
 //! use palisade::generate::{GenerateArgs, run_generate};
@@ -12,9 +12,16 @@
 //! # Ok::<(), palisade::HostError>(())
 //! ```
 
+pub mod api;
 pub mod bench;
+pub mod config;
 pub mod error;
 pub mod generate;
+pub mod metrics;
+pub mod openapi;
+pub mod scheduler;
+pub mod serve;
+pub mod server;
 
 use std::path::PathBuf;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use palisade::bench::{BenchArgs, run_bench};
+use palisade::config::{LogFormat, ServeConfig, ServeFlags};
 use palisade::generate::{GenerateArgs, run_chat, run_generate};
 
 #[derive(Parser)]
@@ -16,6 +17,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the OpenAI-compatible HTTP server.
+    Serve {
+        #[command(flatten)]
+        flags: ServeFlags,
+    },
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+    /// Print the configuration reference (Markdown).
+    ConfigReference,
     /// Stream one completion to standard output (the completion only).
     Generate {
         /// GGUF file or Hugging Face model directory (default: the cached
@@ -107,9 +117,29 @@ enum Command {
     },
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Command::Serve { flags } = &cli.command {
+        let cfg = ServeConfig::load(flags)?;
+        init_logging(cfg.server.log_format);
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(palisade::serve::run(cfg))?;
+        return Ok(());
+    }
+    init_logging(LogFormat::Human);
+    match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::ConfigReference => print!("{}", palisade::config::reference_markdown()),
         Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {
             let args = GenerateArgs { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, threads, stop };
             run_generate(&args, &mut std::io::stdout().lock())?;

@@ -1,0 +1,174 @@
+//! Errors as the OpenAI API shapes them: `{"error": {"message", "type",
+//! "param", "code"}}` with the matching HTTP status. The mapping from error
+//! to status lives here and only here; [`ApiError::sse_event`] is the one
+//! other place an error is rendered (inside a stream).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use palisade_engine::EngineError;
+use serde::Serialize;
+
+/// An error returned to an API client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Malformed or invalid request (400).
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong, naming the field and value.
+        message: String,
+        /// The offending field, as a JSON path.
+        param: Option<String>,
+    },
+    /// No or invalid credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the needed scope (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Unknown model (404, code `model_not_found`).
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    /// Unknown route (404).
+    #[error("no route for {method} {path}")]
+    RouteNotFound {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// Wrong method on a known route (405).
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
+    /// The client was too slow sending the body (408).
+    #[error("the request body was not received in time")]
+    BodyTimeout,
+    /// Body over the configured limit (413).
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Semantically invalid (422), e.g. a prompt that does not fit.
+    #[error("{message}")]
+    Unprocessable {
+        /// Why.
+        message: String,
+        /// The field.
+        param: Option<String>,
+    },
+    /// Too many requests (429).
+    #[error("{message}")]
+    RateLimited {
+        /// Why.
+        message: String,
+        /// Seconds until a retry may succeed.
+        retry_after: Option<u64>,
+    },
+    /// A server fault; details are logged, never sent (500).
+    #[error("internal server error")]
+    Internal,
+    /// Loading, draining, or otherwise unable to serve (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A 400 naming the field.
+    pub fn bad(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::Unprocessable { .. } => ("invalid_request_error", None),
+            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            ApiError::BodyTimeout => ("invalid_request_error", Some("request_timeout")),
+            ApiError::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
+            ApiError::Unauthorized(_) => ("authentication_error", Some("invalid_api_key")),
+            ApiError::Forbidden(_) => ("permission_error", Some("insufficient_scope")),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            ApiError::RouteNotFound { .. } => ("invalid_request_error", Some("unknown_url")),
+            ApiError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
+            ApiError::Internal => ("server_error", None),
+            ApiError::Unavailable(_) => ("server_error", Some("service_unavailable")),
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } | ApiError::Unprocessable { param, .. } => param.as_deref(),
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn body(&self) -> Body<'_> {
+        let (kind, code) = self.kind_and_code();
+        Body { error: Detail { message: self.to_string(), kind, param: self.param(), code } }
+    }
+
+    /// The error as the `data:` payload of a server-sent event.
+    pub fn sse_event(&self) -> String {
+        serde_json::to_string(&self.body()).unwrap_or_else(|_| r#"{"error":{"message":"internal server error","type":"server_error","param":null,"code":null}}"#.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), Json(self.body())).into_response();
+        if let ApiError::RateLimited { retry_after: Some(s), .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidParameter { field, message } => ApiError::BadRequest { message: format!("invalid `{field}`: {message}"), param: Some(field.to_string()) },
+            EngineError::ContextLength { .. } => ApiError::BadRequest { message: e.to_string(), param: Some("messages".into()) },
+            EngineError::Template(m) => ApiError::BadRequest { message: format!("the chat template refused the messages: {m}"), param: Some("messages".into()) },
+            EngineError::Tokenizer(m) => ApiError::BadRequest { message: format!("could not tokenize the input: {m}"), param: None },
+            other => {
+                tracing::error!(error = %other, "engine failure");
+                ApiError::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `palisade serve`: load the configuration, bind, load the models in the
+//! background (the server answers 503 until they are ready), serve until
+//! SIGTERM/SIGINT, drain, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use palisade_engine::embed::EmbeddingModel;
+use palisade_engine::{Engine, EngineOptions};
+
+use crate::HostError;
+use crate::config::ServeConfig;
+use crate::scheduler::EngineHandle;
+use crate::server::{AppState, Loaded, listener, router};
+
+/// Where `scripts/fetch-embedding-model.sh` caches the embedding model.
+pub fn default_embedding_dir() -> PathBuf {
+    crate::default_model_path().parent().and_then(|p| p.parent()).map(|c| c.join("all-minilm-l6-v2")).unwrap_or_default()
+}
+
+/// Loads the models named by the configuration.
+pub fn load_models(cfg: &ServeConfig) -> Result<Loaded, HostError> {
+    let path = crate::resolve_model(cfg.model.path.as_ref())?;
+    let engine = Arc::new(Engine::load(&EngineOptions {
+        model: path,
+        tokenizer: cfg.model.tokenizer.clone(),
+        threads: cfg.model.threads,
+        max_model_len: cfg.model.max_model_len,
+    })?);
+    let model_name = cfg.model.name.clone().unwrap_or_else(|| engine.name().to_string());
+    let embed = if cfg.model.no_embeddings {
+        None
+    } else {
+        let dir = cfg.model.embedding_path.clone().unwrap_or_else(default_embedding_dir);
+        if cfg.model.embedding_path.is_none() && !dir.join("config.json").exists() {
+            tracing::warn!(dir = %dir.display(), "no embedding model cached; /v1/embeddings will answer 404 (run scripts/fetch-embedding-model.sh)");
+            None
+        } else {
+            let m = EmbeddingModel::load(&dir)?;
+            let name = m.name().to_string();
+            Some((Arc::new(m), name))
+        }
+    };
+    let queue = cfg.limits.max_concurrent_requests * cfg.limits.max_n * 4;
+    let handle = EngineHandle::start(engine.clone(), queue);
+    Ok(Loaded { engine, handle, model_name, embed })
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Runs the server until a shutdown signal, then drains.
+pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
+    let tls = listener::tls_acceptor(&cfg.tls)?;
+    let tcp = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|e| HostError::Server(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
+    let addr = listener::local_addr(&tcp)?;
+    let state = AppState::new(cfg.clone());
+    let app = router(state.clone());
+    // The first line on stdout names the address (tests bind port 0).
+    println!("palisade listening on {}://{addr}", if tls.is_some() { "https" } else { "http" });
+    tracing::info!(%addr, tls = tls.is_some(), "listening; loading models");
+    let loader_state = state.clone();
+    let loader_cfg = cfg.clone();
+    let loading = tokio::task::spawn_blocking(move || load_models(&loader_cfg).map(|l| loader_state.set_loaded(l)));
+    let drain = Duration::from_secs(cfg.server.shutdown_timeout_secs);
+    let shutdown_state = state.clone();
+    let (load_err_tx, mut load_err_rx) = tokio::sync::oneshot::channel::<HostError>();
+    tokio::spawn(async move {
+        match loading.await {
+            Ok(Ok(())) => tracing::info!("models loaded; ready"),
+            Ok(Err(e)) => {
+                let _ = load_err_tx.send(e);
+            }
+            Err(e) => {
+                let _ = load_err_tx.send(HostError::Server(format!("model loading panicked: {e}")));
+            }
+        }
+    });
+    let mut load_error = None;
+    let load_failed = async {
+        match (&mut load_err_rx).await {
+            Ok(e) => e,
+            // Loading succeeded (the sender was dropped): never fires.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let shutdown = async {
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutdown signal received"),
+            e = load_failed => {
+                tracing::error!(error = %e, "model loading failed; shutting down");
+                load_error = Some(e);
+            }
+        }
+        shutdown_state.draining.store(true, Ordering::Relaxed);
+    };
+    listener::serve(tcp, app, tls, cfg.header_timeout(), shutdown, drain).await;
+    match load_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

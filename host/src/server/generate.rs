@@ -1,0 +1,318 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`, streaming (SSE)
+//! and not. Both go through the same path: validate, take a slot, submit
+//! one engine sequence per choice, then either collect or stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::IntoResponse;
+use futures_util::StreamExt;
+use palisade_engine::{Engine, Sampled};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{ApiResult, AppState, json};
+use crate::api::ApiError;
+use crate::api::json::StrictJson;
+use crate::api::types::*;
+use crate::api::validate::{self, ValidGeneration};
+use crate::scheduler::SeqEvent;
+
+/// Chat or text completion.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// `POST /v1/chat/completions`.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "a completion, or a stream of chunks", body = ChatCompletion),
+              (status = 400, description = "invalid request"), (status = 404, description = "unknown model"),
+              (status = 429, description = "busy"), (status = 503, description = "loading or draining")))]
+pub async fn chat_completions(State(state): State<Arc<AppState>>, StrictJson(req): StrictJson<ChatCompletionRequest>) -> ApiResult {
+    let start = Instant::now();
+    let l = state.loaded()?;
+    if req.model != l.model_name {
+        return Err(ApiError::ModelNotFound(req.model));
+    }
+    let valid = validate::chat(&l.engine, &state.config.limits, req)?;
+    run(state.clone(), valid, Kind::Chat, start).await
+}
+
+/// `POST /v1/completions`.
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses((status = 200, description = "a completion, or a stream of chunks", body = Completion),
+              (status = 400, description = "invalid request"), (status = 404, description = "unknown model")))]
+pub async fn completions(State(state): State<Arc<AppState>>, StrictJson(req): StrictJson<CompletionRequest>) -> ApiResult {
+    let start = Instant::now();
+    let l = state.loaded()?;
+    if req.model != l.model_name {
+        return Err(ApiError::ModelNotFound(req.model));
+    }
+    let valid = validate::completion(&l.engine, &state.config.limits, req)?;
+    run(state.clone(), valid, Kind::Text, start).await
+}
+
+struct Ctx {
+    state: Arc<AppState>,
+    engine: Arc<Engine>,
+    valid: ValidGeneration,
+    kind: Kind,
+    id: String,
+    model: String,
+    start: Instant,
+}
+
+async fn run(state: Arc<AppState>, valid: ValidGeneration, kind: Kind, start: Instant) -> ApiResult {
+    let permit = state.acquire_slot().await?;
+    let l = state.loaded()?;
+    let rxs = (0..valid.choices()).map(|i| l.handle.submit(valid.engine_request(i))).collect::<Result<Vec<_>, _>>()?;
+    state.metrics.prompt_tokens.fetch_add(valid.prompt_tokens() as u64, Ordering::Relaxed);
+    let id = state.new_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" });
+    let ctx = Ctx { engine: l.engine.clone(), model: l.model_name.clone(), state: state.clone(), valid, kind, id, start };
+    if ctx.valid.stream { Ok(stream(ctx, rxs, permit)) } else { collect(ctx, rxs, permit).await }
+}
+
+/// Per-choice progress.
+#[derive(Default)]
+struct ChoiceState {
+    text: String,
+    tokens: Vec<Sampled>,
+    finish: Option<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Ctx {
+    fn created(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    fn observe_token(&self, c: &mut ChoiceState, any_first: &mut bool) {
+        let now = Instant::now();
+        if !*any_first {
+            *any_first = true;
+            self.state.metrics.ttft.observe(now.duration_since(self.start).as_secs_f64());
+        }
+        if let Some(last) = c.last {
+            self.state.metrics.tpot.observe(now.duration_since(last).as_secs_f64());
+        }
+        c.first.get_or_insert(now);
+        c.last = Some(now);
+        self.state.metrics.completion_tokens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn chat_logprobs(&self, tokens: &[Sampled]) -> Option<ChoiceLogprobs> {
+        self.valid.sampling.logprobs?;
+        let tok = self.engine.tokenizer();
+        let entry = |id: u32, lp: f32| TopLogprob { token: tok.token_text(id), logprob: lp, bytes: tok.token_bytes(id).to_vec() };
+        Some(ChoiceLogprobs {
+            content: tokens
+                .iter()
+                .map(|s| {
+                    let e = entry(s.token, s.logprob.unwrap_or(0.0));
+                    TokenLogprob { token: e.token, logprob: e.logprob, bytes: e.bytes, top_logprobs: s.top.iter().map(|&(t, lp)| entry(t, lp)).collect() }
+                })
+                .collect(),
+        })
+    }
+
+    fn text_logprobs(&self, tokens: &[Sampled], offset: usize) -> Option<CompletionLogprobs> {
+        self.valid.sampling.logprobs?;
+        let tok = self.engine.tokenizer();
+        let mut out = CompletionLogprobs::default();
+        let mut at = offset;
+        for s in tokens {
+            let t = tok.token_text(s.token);
+            out.text_offset.push(at as u32);
+            at += t.len();
+            out.tokens.push(t);
+            out.token_logprobs.push(s.logprob.unwrap_or(0.0));
+            out.top_logprobs.push(s.top.iter().map(|&(id, lp)| (tok.token_text(id), lp)).collect());
+        }
+        Some(out)
+    }
+
+    fn usage(&self, completion: usize) -> Usage {
+        let prompt = self.valid.prompt_tokens() as u32;
+        Usage { prompt_tokens: prompt, completion_tokens: completion as u32, total_tokens: prompt + completion as u32 }
+    }
+
+    fn echo_prefix(&self, choice: usize) -> &str {
+        if self.valid.echo { &self.valid.prompt_texts[choice / self.valid.n] } else { "" }
+    }
+}
+
+async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSemaphorePermit) -> ApiResult {
+    let mut choices: Vec<ChoiceState> = (0..rxs.len()).map(|_| ChoiceState::default()).collect();
+    let mut merged = futures_util::stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))));
+    let mut any_first = false;
+    while let Some((i, ev)) = merged.next().await {
+        match ev {
+            SeqEvent::Step(step) => {
+                ctx.observe_token(&mut choices[i], &mut any_first);
+                let c = &mut choices[i];
+                c.text.push_str(&step.text);
+                c.tokens.push(step.sampled);
+                if let Some(f) = step.finish {
+                    c.finish = Some(f.as_str().to_string());
+                }
+            }
+            SeqEvent::Error(e) => return Err(e.into()),
+        }
+    }
+    let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
+    let usage = ctx.usage(completion);
+    let (created, fp) = (ctx.created(), ctx.state.fingerprint());
+    Ok(match ctx.kind {
+        Kind::Chat => json(&ChatCompletion {
+            id: ctx.id.clone(),
+            object: "chat.completion",
+            created,
+            model: ctx.model.clone(),
+            system_fingerprint: fp,
+            choices: choices
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ChatChoice {
+                    index: i as u32,
+                    message: AssistantMessage { role: Role::Assistant, content: c.text.clone() },
+                    logprobs: ctx.chat_logprobs(&c.tokens),
+                    finish_reason: c.finish.clone().unwrap_or_else(|| "length".into()),
+                })
+                .collect(),
+            usage,
+        }),
+        Kind::Text => json(&Completion {
+            id: ctx.id.clone(),
+            object: "text_completion",
+            created,
+            model: ctx.model.clone(),
+            system_fingerprint: fp,
+            choices: choices
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let prefix = ctx.echo_prefix(i);
+                    CompletionChoice {
+                        index: i as u32,
+                        text: format!("{prefix}{}", c.text),
+                        logprobs: ctx.text_logprobs(&c.tokens, prefix.len()),
+                        finish_reason: Some(c.finish.clone().unwrap_or_else(|| "length".into())),
+                    }
+                })
+                .collect(),
+            usage: Some(usage),
+        }),
+    })
+}
+
+fn event<T: serde::Serialize>(v: &T) -> Event {
+    Event::default().data(serde_json::to_string(v).unwrap_or_default())
+}
+
+fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePermit) -> axum::response::Response {
+    let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(16);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let n = rxs.len();
+        let mut merged = futures_util::stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))));
+        let mut choices: Vec<ChoiceState> = (0..n).map(|_| ChoiceState::default()).collect();
+        let (created, fp) = (ctx.created(), ctx.state.fingerprint());
+        let chat_chunk = |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+            id: ctx.id.clone(),
+            object: "chat.completion.chunk",
+            created,
+            model: ctx.model.clone(),
+            system_fingerprint: fp.clone(),
+            choices,
+            usage,
+        };
+        let text_chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+            id: ctx.id.clone(),
+            object: "text_completion",
+            created,
+            model: ctx.model.clone(),
+            system_fingerprint: fp.clone(),
+            choices,
+            usage,
+        };
+        // Opening chunks: the role (chat) or the echoed prompt (text).
+        for i in 0..n {
+            let ev = match ctx.kind {
+                Kind::Chat => event(&chat_chunk(
+                    vec![ChatChunkChoice { index: i as u32, delta: ChatDelta { role: Some(Role::Assistant), content: Some(String::new()) }, logprobs: None, finish_reason: None }],
+                    None,
+                )),
+                Kind::Text if ctx.valid.echo => event(&text_chunk(
+                    vec![CompletionChoice { index: i as u32, text: ctx.echo_prefix(i).to_string(), logprobs: None, finish_reason: None }],
+                    None,
+                )),
+                Kind::Text => continue,
+            };
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+        let mut any_first = false;
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return, // the client went away: dropping `merged` cancels the sequences
+                next = merged.next() => next,
+            };
+            let Some((i, ev)) = next else { break };
+            let step = match ev {
+                SeqEvent::Step(step) => step,
+                SeqEvent::Error(e) => {
+                    let err: ApiError = e.into();
+                    let _ = tx.send(Ok(Event::default().data(err.sse_event()))).await;
+                    return;
+                }
+            };
+            ctx.observe_token(&mut choices[i], &mut any_first);
+            let finish = step.finish.map(|f| f.as_str().to_string());
+            let offset = choices[i].text.len() + ctx.echo_prefix(i).len();
+            choices[i].text.push_str(&step.text);
+            choices[i].tokens.push(step.sampled.clone());
+            if step.text.is_empty() && finish.is_none() && ctx.valid.sampling.logprobs.is_none() {
+                continue;
+            }
+            let toks = std::slice::from_ref(&step.sampled);
+            let ev = match ctx.kind {
+                Kind::Chat => event(&chat_chunk(
+                    vec![ChatChunkChoice {
+                        index: i as u32,
+                        delta: ChatDelta { role: None, content: (!step.text.is_empty()).then(|| step.text.clone()) },
+                        logprobs: ctx.chat_logprobs(toks),
+                        finish_reason: finish,
+                    }],
+                    None,
+                )),
+                Kind::Text => event(&text_chunk(
+                    vec![CompletionChoice { index: i as u32, text: step.text.clone(), logprobs: ctx.text_logprobs(toks, offset), finish_reason: finish }],
+                    None,
+                )),
+            };
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+        if ctx.valid.include_usage {
+            let usage = ctx.usage(choices.iter().map(|c| c.tokens.len()).sum());
+            let ev = match ctx.kind {
+                Kind::Chat => event(&chat_chunk(vec![], Some(usage))),
+                Kind::Text => event(&text_chunk(vec![], Some(usage))),
+            };
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(out)).into_response()
+}
