@@ -13,7 +13,7 @@ export PALISADE_CACHE_DIR ?= $(HOME)/.cache/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain venv build test-rust test-e2e bench fixtures
+.PHONY: serve test setup model embedding-model toolchain venv build test-rust test-e2e bench fixtures bench-serve
 
 serve: model embedding-model
 	$(CARGO) build --release
@@ -45,6 +45,8 @@ test-rust:
 	PALISADE_MODEL=$(MODEL) PALISADE_EMBED_MODEL=$(EMBED_MODEL) $(CARGO) test --workspace
 
 test-e2e: venv
+	command -v openssl >/dev/null || (apt-get update -q && apt-get install -y -q openssl)
+	command -v curl >/dev/null || (apt-get update -q && apt-get install -y -q curl)
 	$(CARGO) build --bin palisade
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
@@ -62,3 +64,10 @@ bench: model $(BENCH_VENV)/.installed
 # Regenerates tests/fixtures from llama.cpp (commit the result).
 fixtures: model $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python scripts/make_fixtures.py --model $(MODEL)
+
+# Serving benchmark: palisade serve on a loopback port, streaming clients at
+# concurrency 1, 4, 16 (scripts/serve_bench.py works against any
+# OpenAI-compatible server). ARGS=--with-engine adds the single-stream
+# comparison with the engine alone.
+bench-serve: model
+	scripts/bench_serve.sh $(ARGS)

@@ -81,7 +81,13 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
     tracing::info!(%addr, tls = tls.is_some(), "listening; loading models");
     let loader_state = state.clone();
     let loader_cfg = cfg.clone();
-    let loading = tokio::task::spawn_blocking(move || load_models(&loader_cfg).map(|l| loader_state.set_loaded(l)));
+    let loading = tokio::task::spawn_blocking(move || {
+        // Lets tests observe the loading state (readiness probes).
+        if let Some(ms) = std::env::var("PALISADE_TEST_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        load_models(&loader_cfg).map(|l| loader_state.set_loaded(l))
+    });
     let drain = Duration::from_secs(cfg.server.shutdown_timeout_secs);
     let shutdown_state = state.clone();
     let (load_err_tx, mut load_err_rx) = tokio::sync::oneshot::channel::<HostError>();

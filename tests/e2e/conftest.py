@@ -33,3 +33,31 @@ def run(binary):
         return proc
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def embed_model() -> pathlib.Path:
+    cache = pathlib.Path(os.environ.get("PALISADE_CACHE_DIR", pathlib.Path.home() / ".cache" / "palisade"))
+    path = cache / "all-minilm-l6-v2"
+    assert (path / "config.json").exists(), f"{path} is missing: run scripts/fetch-embedding-model.sh (make test does)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(binary, embed_model):
+    from server import Server
+
+    s = Server(binary, "--embedding-model", embed_model)
+    yield s
+    assert s.stop() == 0
+
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+EMBED = "all-minilm-l6-v2"
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)

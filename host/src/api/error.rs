@@ -172,3 +172,43 @@ impl From<EngineError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_status_and_openai_shape() {
+        let cases = [
+            (ApiError::bad("n", "bad n"), 400, "invalid_request_error"),
+            (ApiError::Unauthorized("missing key".into()), 401, "authentication_error"),
+            (ApiError::Forbidden("needs scope admin".into()), 403, "permission_error"),
+            (ApiError::ModelNotFound("x".into()), 404, "invalid_request_error"),
+            (ApiError::RouteNotFound { method: "GET".into(), path: "/x".into() }, 404, "invalid_request_error"),
+            (ApiError::MethodNotAllowed("PUT".into()), 405, "invalid_request_error"),
+            (ApiError::BodyTimeout, 408, "invalid_request_error"),
+            (ApiError::PayloadTooLarge { limit: 10 }, 413, "invalid_request_error"),
+            (ApiError::Unprocessable { message: "m".into(), param: None }, 422, "invalid_request_error"),
+            (ApiError::RateLimited { message: "slow down".into(), retry_after: Some(3) }, 429, "rate_limit_error"),
+            (ApiError::Internal, 500, "server_error"),
+            (ApiError::Unavailable("loading".into()), 503, "server_error"),
+        ];
+        for (e, status, kind) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            let v: serde_json::Value = serde_json::from_str(&e.sse_event()).unwrap();
+            assert_eq!(v["error"]["type"], kind);
+            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            let resp = e.clone().into_response();
+            if status == 429 {
+                assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+            }
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let e: ApiError = EngineError::Io { path: "/secret/model.gguf".into(), source: std::io::Error::other("disk") }.into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.sse_event().contains("secret"));
+    }
+}

@@ -83,7 +83,7 @@ fn logit_bias(map: Option<HashMap<String, f32>>) -> Result<Vec<(u32, f32)>, ApiE
     map.unwrap_or_default()
         .into_iter()
         .map(|(k, v)| {
-            let id = k.parse::<u32>().map_err(|_| ApiError::bad("logit_bias", format!("key `{k}` is not a token id")))?;
+            let id = k.parse::<u32>().map_err(|_| ApiError::bad("logit_bias", format!("`logit_bias` key `{k}` is not a token id")))?;
             Ok((id, v))
         })
         .collect()
