@@ -32,6 +32,8 @@ pub struct ServeConfig {
 pub struct ServerSection {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The policy file (plugins and route stages); required.
+    pub policy: Option<PathBuf>,
     /// `human` or `json` log lines.
     pub log_format: LogFormat,
     /// Time a client has to send the request headers.
@@ -46,6 +48,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            policy: None,
             log_format: LogFormat::Human,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
@@ -126,6 +129,7 @@ pub struct TlsSection {
 /// Every key with its default and meaning, for the README and `--help`.
 pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("server.listen", "\"127.0.0.1:8080\"", "address to listen on"),
+    ("server.policy", "none (required)", "the policy file: plugins and the stages of every route"),
     ("server.log_format", "\"human\"", "`human` or `json` log lines"),
     ("server.header_read_timeout_secs", "10", "time a client has to send the request headers"),
     ("server.body_read_timeout_secs", "30", "time a client has to send the request body (408 after)"),
@@ -156,6 +160,9 @@ pub struct ServeFlags {
     /// server.listen
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// server.policy
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     /// server.log_format
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -244,6 +251,7 @@ impl ServeConfig {
             };
         }
         set!(f.listen => cfg.server.listen);
+        set!(f.policy => opt cfg.server.policy);
         set!(f.log_format => cfg.server.log_format);
         set!(f.header_read_timeout_secs => cfg.server.header_read_timeout_secs);
         set!(f.body_read_timeout_secs => cfg.server.body_read_timeout_secs);

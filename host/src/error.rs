@@ -34,6 +34,12 @@ pub enum HostError {
         /// What is wrong.
         message: String,
     },
+    /// A plugin could not be loaded.
+    #[error("{0}")]
+    Plugin(String),
+    /// The policy file is invalid.
+    #[error("policy: {0}")]
+    Policy(String),
     /// The server could not start (bind, TLS files).
     #[error("server: {0}")]
     Server(String),

@@ -19,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod metrics;
 pub mod openapi;
+pub mod plugins;
 pub mod scheduler;
 pub mod serve;
 pub mod server;

@@ -22,6 +22,11 @@ enum Command {
         #[command(flatten)]
         flags: ServeFlags,
     },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Print the configuration reference (Markdown).
@@ -117,6 +122,16 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy (loads and pins every plugin) and print, per
+    /// route, the pipeline it runs.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -139,6 +154,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::Policy { command: PolicyCommand::Check { file } } => print!("{}", palisade::plugins::check::run(&file)?),
         Command::ConfigReference => print!("{}", palisade::config::reference_markdown()),
         Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {
             let args = GenerateArgs { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, threads, stop };

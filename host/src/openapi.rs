@@ -22,6 +22,7 @@ use crate::server::{generate, routes};
         routes::health,
         routes::ready,
         routes::metrics,
+        routes::reload,
     ),
     components(schemas(ChatCompletionChunk, Usage))
 )]

@@ -12,8 +12,21 @@ use palisade_engine::{Engine, EngineOptions};
 
 use crate::HostError;
 use crate::config::ServeConfig;
+use crate::plugins::pipeline::Pipeline;
+use crate::plugins::policy::Policy;
 use crate::scheduler::EngineHandle;
-use crate::server::{AppState, Loaded, listener, router};
+use crate::server::{AppState, Loaded, ROUTES, listener, router};
+
+/// Loads and builds the configured policy (required).
+pub fn load_policy(cfg: &ServeConfig) -> Result<Pipeline, HostError> {
+    let Some(path) = &cfg.server.policy else {
+        return Err(HostError::Policy(
+            "no policy file: pass --policy FILE (examples/policy.toml is the default policy); no route is served without one".into(),
+        ));
+    };
+    let policy = Policy::load(path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
+    Pipeline::build(policy)
+}
 
 /// Where `scripts/fetch-embedding-model.sh` caches the embedding model.
 pub fn default_embedding_dir() -> PathBuf {
@@ -70,11 +83,25 @@ pub async fn shutdown_signal() {
 /// Runs the server until a shutdown signal, then drains.
 pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
     let tls = listener::tls_acceptor(&cfg.tls)?;
+    let pipeline = load_policy(&cfg)?;
     let tcp = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| HostError::Server(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listener::local_addr(&tcp)?;
-    let state = AppState::new(cfg.clone());
+    let state = AppState::new(cfg.clone(), pipeline)?;
+    #[cfg(unix)]
+    {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the policy");
+                if let Err(e) = st.reload().await {
+                    tracing::error!(error = %e, "policy reload failed; keeping the current policy");
+                }
+            }
+        });
+    }
     let app = router(state.clone());
     // The first line on stdout names the address (tests bind port 0).
     println!("palisade listening on {}://{addr}", if tls.is_some() { "https" } else { "http" });

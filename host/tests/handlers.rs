@@ -7,6 +7,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use palisade::config::ServeConfig;
+use palisade::plugins::pipeline::Pipeline;
+use palisade::plugins::policy::Policy;
 use palisade::server::{AppState, router};
 use palisade_engine::testing::{TinySpec, TinyType, write_gguf};
 use palisade_kernels::quant::WeightType;
@@ -27,9 +29,15 @@ fn fixture(edit: impl FnOnce(&mut ServeConfig)) -> Fixture {
     cfg.model.name = Some("tiny".into());
     cfg.model.threads = 1;
     edit(&mut cfg);
-    let state = AppState::new(cfg.clone());
+    let state = AppState::new(cfg.clone(), open_policy()).unwrap();
     state.set_loaded(palisade::serve::load_models(&cfg).unwrap());
     Fixture { _dir: dir, state }
+}
+
+/// Every route public: these tests are about the handlers, not the guard.
+fn open_policy() -> Pipeline {
+    let policy: Policy = toml::from_str("[[routes]]\npath = \"*\"\npublic = true\n").unwrap();
+    Pipeline::build(policy).unwrap()
 }
 
 async fn call(state: &Arc<AppState>, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -97,7 +105,7 @@ async fn errors_have_status_and_shape() {
 
 #[tokio::test]
 async fn not_ready_until_loaded() {
-    let state = AppState::new(ServeConfig::default());
+    let state = AppState::new(ServeConfig::default(), open_policy()).unwrap();
     let (s, v) = call(&state, "GET", "/ready", None).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("loading")));
     let (s, _) = call(&state, "POST", "/v1/chat/completions", Some(chat(json!({})))).await;

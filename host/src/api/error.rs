@@ -66,6 +66,18 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after: Option<u64>,
     },
+    /// A plugin refused the request with its own status and code.
+    #[error("{message}")]
+    Denied {
+        /// HTTP status (clamped to 400..=599).
+        status: u16,
+        /// Machine-readable code.
+        code: String,
+        /// Message for the client.
+        message: String,
+        /// Extra headers (e.g. `retry-after`).
+        headers: Vec<(String, String)>,
+    },
     /// A server fault; details are logged, never sent (500).
     #[error("internal server error")]
     Internal,
@@ -108,6 +120,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Denied { status, .. } => StatusCode::from_u16((*status).clamp(400, 599)).unwrap_or(StatusCode::FORBIDDEN),
         }
     }
 
@@ -124,6 +137,23 @@ impl ApiError {
             ApiError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             ApiError::Internal => ("server_error", None),
             ApiError::Unavailable(_) => ("server_error", Some("service_unavailable")),
+            ApiError::Denied { status, .. } => (
+                match *status {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    429 => "rate_limit_error",
+                    s if s >= 500 => "server_error",
+                    _ => "invalid_request_error",
+                },
+                None,
+            ),
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        match self {
+            ApiError::Denied { code, .. } => Some(code.as_str()),
+            _ => self.kind_and_code().1,
         }
     }
 
@@ -136,8 +166,8 @@ impl ApiError {
     }
 
     fn body(&self) -> Body<'_> {
-        let (kind, code) = self.kind_and_code();
-        Body { error: Detail { message: self.to_string(), kind, param: self.param(), code } }
+        let (kind, _) = self.kind_and_code();
+        Body { error: Detail { message: self.to_string(), kind, param: self.param(), code: self.code() } }
     }
 
     /// The error as the `data:` payload of a server-sent event.
@@ -149,6 +179,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), Json(self.body())).into_response();
+        if let ApiError::Denied { headers, .. } = &self {
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+        }
         if let ApiError::RateLimited { retry_after: Some(s), .. } = &self
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

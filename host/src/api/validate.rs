@@ -34,6 +34,8 @@ pub struct ValidGeneration {
     pub include_usage: bool,
     /// Echo the prompt (completions).
     pub echo: bool,
+    /// The chat messages as the template saw them (chat only).
+    pub messages: Vec<serde_json::Value>,
 }
 
 impl ValidGeneration {
@@ -150,7 +152,7 @@ fn finish(engine: &Engine, limits: &LimitsSection, c: Common, prompts: Vec<Vec<u
         logprobs: c.logprobs,
     };
     sampling.validate(engine.model().config.vocab)?;
-    Ok(ValidGeneration { prompts, prompt_texts, n, max_tokens, sampling, stop, stream, include_usage, echo })
+    Ok(ValidGeneration { prompts, prompt_texts, n, max_tokens, sampling, stop, stream, include_usage, echo, messages: vec![] })
 }
 
 fn message_json(m: &ChatMessage, i: usize) -> Result<serde_json::Value, ApiError> {
@@ -175,11 +177,40 @@ fn message_json(m: &ChatMessage, i: usize) -> Result<serde_json::Value, ApiError
 
 /// Renders and tokenizes the conversation.
 pub fn chat_messages(engine: &Engine, messages: &[ChatMessage]) -> Result<(String, Vec<u32>), ApiError> {
+    let msgs = messages_json(messages)?;
+    Ok(engine.chat_prompt(&msgs, None)?)
+}
+
+/// The messages as template input (`role`, `content`, optional `name`).
+pub fn messages_json(messages: &[ChatMessage]) -> Result<Vec<serde_json::Value>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad("messages", "`messages` must contain at least one message"));
     }
-    let msgs = messages.iter().enumerate().map(|(i, m)| message_json(m, i)).collect::<Result<Vec<_>, _>>()?;
-    Ok(engine.chat_prompt(&msgs, None)?)
+    messages.iter().enumerate().map(|(i, m)| message_json(m, i)).collect()
+}
+
+/// Applies an admission rewrite: lower `max_tokens`, replace the
+/// temperature, put a system message first (chat: re-rendered and
+/// re-tokenized, and the context limit checked again).
+pub fn apply_rewrite(engine: &Engine, v: &mut ValidGeneration, max_tokens: Option<u32>, temperature: Option<f32>, prepend_system: Option<String>) -> Result<(), ApiError> {
+    if let Some(m) = max_tokens {
+        v.max_tokens = v.max_tokens.min((m as usize).max(1));
+    }
+    if let Some(t) = temperature {
+        v.sampling.temperature = t.clamp(0.0, 2.0);
+    }
+    if let Some(sys) = prepend_system
+        && !v.messages.is_empty()
+    {
+        v.messages.insert(0, serde_json::json!({"role": "system", "content": sys}));
+        let (text, ids) = engine.chat_prompt(&v.messages, None)?;
+        if ids.len() + v.max_tokens > engine.max_context() {
+            return Err(ApiError::bad("messages", format!("with the policy's system message the prompt has {} tokens, too long for max_tokens {} in a context of {}", ids.len(), v.max_tokens, engine.max_context())));
+        }
+        v.prompts = vec![ids];
+        v.prompt_texts = vec![text];
+    }
+    Ok(())
 }
 
 /// Validates a chat completion request.
@@ -195,7 +226,8 @@ pub fn chat(engine: &Engine, limits: &LimitsSection, r: ChatCompletionRequest) -
         (true, k) => Some(k.unwrap_or(0) as usize),
     };
     let stop = stop_list(r.stop)?;
-    let (text, ids) = chat_messages(engine, &r.messages)?;
+    let messages = messages_json(&r.messages)?;
+    let (text, ids) = engine.chat_prompt(&messages, None)?;
     let (field, max) = match (r.max_completion_tokens, r.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -218,7 +250,9 @@ pub fn chat(engine: &Engine, limits: &LimitsSection, r: ChatCompletionRequest) -
     };
     let stream = r.stream.unwrap_or(false);
     let include_usage = r.stream_options.is_some_and(|o| o.include_usage);
-    finish(engine, limits, c, vec![ids], vec![text], stop, stream, include_usage, false)
+    let mut v = finish(engine, limits, c, vec![ids], vec![text], stop, stream, include_usage, false)?;
+    v.messages = messages;
+    Ok(v)
 }
 
 /// Validates a text completion request.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::IntoResponse;
@@ -20,7 +21,10 @@ use crate::api::ApiError;
 use crate::api::json::StrictJson;
 use crate::api::types::*;
 use crate::api::validate::{self, ValidGeneration};
+use crate::plugins::bindings::shared::palisade::plugin::types::{Message, Principal, RequestContext, Role as PRole, Sampling};
+use crate::plugins::pipeline::{OutputChain, OutputStop};
 use crate::scheduler::SeqEvent;
+use super::guard::Scope;
 
 /// Chat or text completion.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,31 +38,70 @@ enum Kind {
     responses((status = 200, description = "a completion, or a stream of chunks", body = ChatCompletion),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model"),
               (status = 429, description = "busy"), (status = 503, description = "loading or draining")))]
-pub async fn chat_completions(State(state): State<Arc<AppState>>, StrictJson(req): StrictJson<ChatCompletionRequest>) -> ApiResult {
+pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(scope): Extension<Scope>, StrictJson(req): StrictJson<ChatCompletionRequest>) -> ApiResult {
     let start = Instant::now();
     let l = state.loaded()?;
     if req.model != l.model_name {
         return Err(ApiError::ModelNotFound(req.model));
     }
     let valid = validate::chat(&l.engine, &state.config.limits, req)?;
-    run(state.clone(), valid, Kind::Chat, start).await
+    run(state.clone(), scope, valid, Kind::Chat, start).await
 }
 
 /// `POST /v1/completions`.
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
     responses((status = 200, description = "a completion, or a stream of chunks", body = Completion),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model")))]
-pub async fn completions(State(state): State<Arc<AppState>>, StrictJson(req): StrictJson<CompletionRequest>) -> ApiResult {
+pub async fn completions(State(state): State<Arc<AppState>>, Extension(scope): Extension<Scope>, StrictJson(req): StrictJson<CompletionRequest>) -> ApiResult {
     let start = Instant::now();
     let l = state.loaded()?;
     if req.model != l.model_name {
         return Err(ApiError::ModelNotFound(req.model));
     }
     let valid = validate::completion(&l.engine, &state.config.limits, req)?;
-    run(state.clone(), valid, Kind::Text, start).await
+    run(state.clone(), scope, valid, Kind::Text, start).await
+}
+
+/// The read-only view admission plugins get.
+fn request_context(scope: &Scope, v: &ValidGeneration, model: &str) -> RequestContext {
+    let principal = scope.principal.clone().unwrap_or(Principal { id: "anonymous".into(), tenant: String::new(), scopes: vec![], labels: vec![] });
+    let messages = v
+        .messages
+        .iter()
+        .map(|m| Message {
+            role: match m["role"].as_str() {
+                Some("system") => PRole::System,
+                Some("assistant") => PRole::Assistant,
+                Some("tool") => PRole::Tool,
+                _ => PRole::User,
+            },
+            content: m["content"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    RequestContext {
+        principal,
+        route: scope.route.clone(),
+        model: model.to_string(),
+        messages,
+        prompts: if v.messages.is_empty() { v.prompt_texts.clone() } else { vec![] },
+        prompt_tokens: v.prompt_tokens() as u32,
+        max_tokens: v.max_tokens as u32,
+        n: v.n as u32,
+        sampling: Sampling {
+            temperature: v.sampling.temperature,
+            top_p: v.sampling.top_p,
+            seed: v.sampling.seed,
+            presence_penalty: v.sampling.presence_penalty,
+            frequency_penalty: v.sampling.frequency_penalty,
+        },
+        client_addr: scope.client.clone(),
+        request_id: scope.request_id.clone(),
+    }
 }
 
 struct Ctx {
+    scope: Scope,
+    admitted: Option<RequestContext>,
     state: Arc<AppState>,
     engine: Arc<Engine>,
     valid: ValidGeneration,
@@ -68,14 +111,31 @@ struct Ctx {
     start: Instant,
 }
 
-async fn run(state: Arc<AppState>, valid: ValidGeneration, kind: Kind, start: Instant) -> ApiResult {
-    let permit = state.acquire_slot().await?;
+async fn run(state: Arc<AppState>, scope: Scope, mut valid: ValidGeneration, kind: Kind, start: Instant) -> ApiResult {
     let l = state.loaded()?;
+    let mut admitted = None;
+    if !scope.rule.admission.is_empty() {
+        let ctx = request_context(&scope, &valid, &l.model_name);
+        let mut recs = Vec::new();
+        let r = scope.pipeline.admit(&scope.rule, &ctx, &mut recs);
+        scope.add_records(recs);
+        for rw in r? {
+            validate::apply_rewrite(&l.engine, &mut valid, rw.max_tokens, rw.temperature, rw.prepend_system)?;
+        }
+        admitted = Some(request_context(&scope, &valid, &l.model_name));
+    }
+    let chain = scope.pipeline.output_chain(&scope.rule)?;
+    let permit = state.acquire_slot().await?;
     let rxs = (0..valid.choices()).map(|i| l.handle.submit(valid.engine_request(i))).collect::<Result<Vec<_>, _>>()?;
     state.metrics.prompt_tokens.fetch_add(valid.prompt_tokens() as u64, Ordering::Relaxed);
     let id = state.new_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" });
-    let ctx = Ctx { engine: l.engine.clone(), model: l.model_name.clone(), state: state.clone(), valid, kind, id, start };
-    if ctx.valid.stream { Ok(stream(ctx, rxs, permit)) } else { collect(ctx, rxs, permit).await }
+    let ctx = Ctx { scope, admitted, engine: l.engine.clone(), model: l.model_name.clone(), state: state.clone(), valid, kind, id, start };
+    if ctx.valid.stream {
+        ctx.scope.audited.store(true, Ordering::Relaxed); // written when the stream ends
+        Ok(stream(ctx, rxs, permit, chain))
+    } else {
+        collect(ctx, rxs, permit, chain).await
+    }
 }
 
 /// Per-choice progress.
@@ -146,27 +206,68 @@ impl Ctx {
     fn echo_prefix(&self, choice: usize) -> &str {
         if self.valid.echo { &self.valid.prompt_texts[choice / self.valid.n] } else { "" }
     }
+
+    /// Settles admission reservations and writes the audit record.
+    fn finish(&self, chain: OutputChain, status: u16, outcome: &str, completion: usize) {
+        self.scope.add_records(chain.into_records());
+        if let Some(ctx) = &self.admitted {
+            self.scope.pipeline.completed(&self.scope.rule, ctx, completion as u32);
+        }
+        self.scope.audit(&self.state, status, outcome, Some(&self.model), Some((self.valid.prompt_tokens(), completion)));
+    }
 }
 
-async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSemaphorePermit) -> ApiResult {
+async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSemaphorePermit, mut chain: OutputChain) -> ApiResult {
     let mut choices: Vec<ChoiceState> = (0..rxs.len()).map(|_| ChoiceState::default()).collect();
     let mut merged = futures_util::stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))));
     let mut any_first = false;
+    let mut outcome = "ok";
     while let Some((i, ev)) = merged.next().await {
         match ev {
             SeqEvent::Step(step) => {
                 ctx.observe_token(&mut choices[i], &mut any_first);
+                let mut released = chain.filter(i as u32, &step.text);
+                if step.finish.is_some()
+                    && let Ok(t) = &mut released
+                {
+                    match chain.finish(i as u32) {
+                        Ok(rest) => t.push_str(&rest),
+                        Err(stop) => released = Err(stop),
+                    }
+                }
                 let c = &mut choices[i];
-                c.text.push_str(&step.text);
                 c.tokens.push(step.sampled);
+                match released {
+                    Ok(t) => c.text.push_str(&t),
+                    Err(OutputStop::Abort(reason)) => {
+                        tracing::info!(request_id = %ctx.scope.request_id, %reason, "output filter stopped the response");
+                        for c in choices.iter_mut().filter(|c| c.finish.is_none()) {
+                            c.finish = Some("content_filter".into());
+                        }
+                        outcome = "aborted";
+                        break;
+                    }
+                    Err(OutputStop::Failed) => {
+                        let completion = choices.iter().map(|c| c.tokens.len()).sum();
+                        ctx.finish(chain, 503, "error", completion);
+                        return Err(ApiError::Unavailable("a security check (output) could not run; the response was withheld".into()));
+                    }
+                }
                 if let Some(f) = step.finish {
-                    c.finish = Some(f.as_str().to_string());
+                    choices[i].finish = Some(f.as_str().to_string());
                 }
             }
-            SeqEvent::Error(e) => return Err(e.into()),
+            SeqEvent::Error(e) => {
+                let err: ApiError = e.into();
+                let completion = choices.iter().map(|c| c.tokens.len()).sum();
+                ctx.finish(chain, err.status().as_u16(), "error", completion);
+                return Err(err);
+            }
         }
     }
+    drop(merged); // cancels sequences still running after an abort
     let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
+    ctx.finish(chain, 200, outcome, completion);
     let usage = ctx.usage(completion);
     let (created, fp) = (ctx.created(), ctx.state.fingerprint());
     Ok(match ctx.kind {
@@ -216,7 +317,7 @@ fn event<T: serde::Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
-fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePermit) -> axum::response::Response {
+fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePermit, mut chain: OutputChain) -> axum::response::Response {
     let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
         let _permit = permit;
@@ -256,14 +357,20 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
                 Kind::Text => continue,
             };
             if tx.send(Ok(ev)).await.is_err() {
+                ctx.finish(chain, 499, "cancelled", 0);
                 return;
             }
         }
         let mut any_first = false;
+        let mut outcome = "ok";
         loop {
             let next = tokio::select! {
-                _ = tx.closed() => return, // the client went away: dropping `merged` cancels the sequences
-                next = merged.next() => next,
+                _ = tx.closed() => None, // the client went away: dropping `merged` cancels the sequences
+                next = merged.next() => Some(next),
+            };
+            let Some(next) = next else {
+                outcome = "cancelled";
+                break;
             };
             let Some((i, ev)) = next else { break };
             let step = match ev {
@@ -271,14 +378,42 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
                 SeqEvent::Error(e) => {
                     let err: ApiError = e.into();
                     let _ = tx.send(Ok(Event::default().data(err.sse_event()))).await;
-                    return;
+                    outcome = "error";
+                    break;
                 }
             };
             ctx.observe_token(&mut choices[i], &mut any_first);
-            let finish = step.finish.map(|f| f.as_str().to_string());
+            let mut finish = step.finish.map(|f| f.as_str().to_string());
             let offset = choices[i].text.len() + ctx.echo_prefix(i).len();
-            choices[i].text.push_str(&step.text);
+            let mut released = chain.filter(i as u32, &step.text);
+            if finish.is_some()
+                && let Ok(t) = &mut released
+            {
+                match chain.finish(i as u32) {
+                    Ok(rest) => t.push_str(&rest),
+                    Err(stop) => released = Err(stop),
+                }
+            }
+            let mut stop_all = false;
+            let text = match released {
+                Ok(t) => t,
+                Err(OutputStop::Abort(reason)) => {
+                    tracing::info!(request_id = %ctx.scope.request_id, %reason, "output filter stopped the response");
+                    finish = Some("content_filter".into());
+                    outcome = "aborted";
+                    stop_all = true;
+                    String::new()
+                }
+                Err(OutputStop::Failed) => {
+                    let err = ApiError::Unavailable("a security check (output) could not run; the response was withheld".into());
+                    let _ = tx.send(Ok(Event::default().data(err.sse_event()))).await;
+                    outcome = "error";
+                    break;
+                }
+            };
+            choices[i].text.push_str(&text);
             choices[i].tokens.push(step.sampled.clone());
+            let step = palisade_engine::Step { text, ..step };
             if step.text.is_empty() && finish.is_none() && ctx.valid.sampling.logprobs.is_none() {
                 continue;
             }
@@ -299,9 +434,20 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
                 )),
             };
             if tx.send(Ok(ev)).await.is_err() {
-                return;
+                outcome = "cancelled";
+                break;
+            }
+            if stop_all {
+                break;
             }
         }
+        drop(merged); // cancels sequences still running (abort, disconnect)
+        let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
+        if outcome == "error" || outcome == "cancelled" {
+            ctx.finish(chain, if outcome == "error" { 503 } else { 499 }, outcome, completion);
+            return;
+        }
+        ctx.finish(chain, 200, outcome, completion);
         if ctx.valid.include_usage {
             let usage = ctx.usage(choices.iter().map(|c| c.tokens.len()).sum());
             let ev = match ctx.kind {

@@ -2,6 +2,7 @@
 //! request passes (request id, body limit and timeout, metrics).
 
 pub mod generate;
+pub mod guard;
 pub mod listener;
 pub mod routes;
 
@@ -23,7 +24,14 @@ use crate::api::ApiError;
 use crate::api::json::BodyLimit;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
+use crate::plugins::pipeline::Pipeline;
 use crate::scheduler::EngineHandle;
+use arc_swap::ArcSwap;
+use guard::AuditSink;
+
+/// The request id, set by the outermost middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// What is available once the models have loaded.
 pub struct Loaded {
@@ -52,6 +60,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Unix seconds when the server started.
     pub created: u64,
+    /// The current policy; requests keep the one they started with.
+    pub pipeline: ArcSwap<Pipeline>,
+    /// Where audit records go.
+    pub audit: AuditSink,
     next_id: AtomicU64,
 }
 
@@ -62,10 +74,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for `config`; the models are attached later with [`AppState::set_loaded`].
-    pub fn new(config: ServeConfig) -> Arc<Self> {
+    /// State for `config` under `pipeline`; the models are attached later
+    /// with [`AppState::set_loaded`].
+    pub fn new(config: ServeConfig, pipeline: Pipeline) -> Result<Arc<Self>, crate::HostError> {
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Arc::new(AppState {
+        let audit = AuditSink::open(pipeline.policy.audit.path.as_deref())?;
+        Ok(Arc::new(AppState {
+            pipeline: ArcSwap::from_pointee(pipeline),
+            audit,
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             embed_slot: Arc::new(Semaphore::new(1)),
             config,
@@ -74,7 +90,24 @@ impl AppState {
             metrics: Metrics::default(),
             created,
             next_id: AtomicU64::new(rand::random::<u32>() as u64),
+        }))
+    }
+
+    /// Rebuilds the pipeline from the policy file and swaps it in; on any
+    /// error the old one stays and the error says why.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), crate::HostError> {
+        let Some(path) = self.config.server.policy.clone() else {
+            return Err(crate::HostError::Policy("no policy file is configured".into()));
+        };
+        let built = tokio::task::spawn_blocking(move || {
+            let policy = crate::plugins::policy::Policy::load(&path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
+            Pipeline::build(policy)
         })
+        .await
+        .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
+        self.pipeline.store(Arc::new(built));
+        tracing::info!("policy reloaded");
+        Ok(())
     }
 
     /// Marks the models loaded (ready).
@@ -143,6 +176,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
+    ("POST", "/admin/reload"),
 ];
 
 /// Builds the router with all middleware.
@@ -160,8 +194,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
+        .route("/admin/reload", post(routes::reload))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
@@ -172,9 +208,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Request id header.
 pub const REQUEST_ID: &str = "x-request-id";
 
-async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn record(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let id = state.new_id("req");
+    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let mut resp = next.run(req).await;
     state.metrics.request(&route, resp.status().as_u16());
