@@ -10,23 +10,29 @@ PYTHON ?= python3
 VENV := .venv
 BENCH_VENV := .venv-bench
 export PALISADE_CACHE_DIR ?= $(HOME)/.cache/palisade
+export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain venv build test-rust test-e2e bench fixtures bench-serve
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-e2e bench fixtures bench-serve
 
-serve: model embedding-model
+serve: model embedding-model plugins
 	$(CARGO) build --release
-	./target/release/palisade serve
+	scripts/dev-policy.sh
+	./target/release/palisade serve --policy $(PALISADE_CONFIG_DIR)/policy.toml
 
 test: setup
 	$(MAKE) test-rust
 	$(MAKE) test-e2e
 
-setup: toolchain model embedding-model venv
+setup: toolchain model embedding-model venv plugins
 
 toolchain:
 	rustup target add wasm32-wasip2
+
+# The plugins workspace builds straight to WebAssembly components.
+plugins: toolchain
+	cd plugins && $(CARGO) build --release
 
 model:
 	scripts/fetch-model.sh

@@ -3,7 +3,10 @@
 import os
 import signal
 import subprocess
+import pathlib
 import tempfile
+
+import policies
 import time
 
 import httpx
@@ -12,8 +15,13 @@ import httpx
 class Server:
     """A running `palisade serve` on 127.0.0.1:0."""
 
-    def __init__(self, binary, *args, env=None, wait_ready=True):
-        cmd = [str(binary), "serve", "--listen", "127.0.0.1:0", "--threads", "2", *map(str, args)]
+    def __init__(self, binary, *args, env=None, wait_ready=True, policy=None):
+        if policy is None:
+            # Every route public: for tests about the API, not the guard.
+            self._policy_dir = tempfile.TemporaryDirectory()
+            policy = pathlib.Path(self._policy_dir.name) / "open.toml"
+            policy.write_text(policies.OPEN)
+        cmd = [str(binary), "serve", "--listen", "127.0.0.1:0", "--threads", "2", "--policy", str(policy), *map(str, args)]
         # Logs go to a file: an undrained pipe would block the server.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(

@@ -215,11 +215,13 @@ impl Pipeline {
     pub fn completed(&self, rule: &RouteRule, ctx: &RequestContext, tokens: u32) {
         for name in &rule.admission {
             let p = self.plugin(name);
-            let r = p.checkout().and_then(|(mut store, inst)| {
-                let Instance::Admission(a) = inst else { unreachable!("kind checked at load") };
-                let r = a.call_completed(&mut store, ctx, tokens).map_err(|e| p.classify(&store, e));
-                p.dispose(store);
-                r
+            let (r, _) = timed(|| {
+                p.checkout().and_then(|(mut store, inst)| {
+                    let Instance::Admission(a) = inst else { unreachable!("kind checked at load") };
+                    let r = a.call_completed(&mut store, ctx, tokens).map_err(|e| p.classify(&store, e));
+                    p.dispose(store);
+                    r
+                })
             });
             if let Err(f) = r {
                 tracing::warn!(plugin = %f.plugin, kind = f.kind.as_str(), "completion callback failed");

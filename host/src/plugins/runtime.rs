@@ -416,9 +416,14 @@ impl LoadedPlugin {
     }
 }
 
-/// Times a closure.
+/// Times a plugin call. On a tokio worker thread the call runs under
+/// `block_in_place`: wasmtime-wasi's synchronous imports block on their own
+/// futures, which is only allowed outside the runtime's async context.
 pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let t = Instant::now();
-    let r = f();
+    let r = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    };
     (r, t.elapsed())
 }

@@ -1,0 +1,204 @@
+"""The plugin runtime through the real server: API-key authentication,
+default-deny coverage, containment of misbehaving plugins, hot reload."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import MODEL
+from policies import OPEN, keys_config, plugin, route, write
+from server import Server
+
+ADMIN, USER, METRICS = "pal_admin_key_for_tests_0123456789abcdef", "pal_user_key_for_tests_0123456789abcdef", "pal_metrics_key_0123456789abcdef"
+KEYS = [(ADMIN, "admin", ["inference", "admin", "metrics"]), (USER, "user", ["inference"]), (METRICS, "ops", ["metrics"])]
+
+
+def auth_policy(keys=KEYS):
+    return (
+        plugin("keys", "api_key_auth.wasm", "authenticator", config=keys_config(keys))
+        + route("/health", public=True)
+        + route("/ready", public=True)
+        + route("/metrics", auth="keys", scopes=["metrics"])
+        + route("/admin/*", auth="keys", scopes=["admin"])
+        + route("*", auth="keys", scopes=["inference"])
+    )
+
+
+@pytest.fixture(scope="module")
+def guarded(binary, tmp_path_factory):
+    d = tmp_path_factory.mktemp("guarded")
+    s = Server(binary, "--no-embeddings", policy=write(d, auth_policy()))
+    yield s
+    assert s.stop() == 0
+
+
+ROUTES = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"),
+          ("GET", "/v1/models/x"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/metrics"),
+          ("POST", "/admin/reload")]
+
+
+@pytest.mark.parametrize("method,path", ROUTES)
+def test_every_route_but_health_needs_a_key(guarded, method, path):
+    r = httpx.request(method, guarded.url + path, json={})
+    assert r.status_code == 401, (path, r.text)
+    assert r.json()["error"]["type"] == "authentication_error"
+    r = httpx.request(method, guarded.url + path, json={}, headers={"authorization": "Bearer pal_wrong"})
+    assert r.status_code == 401
+    assert httpx.get(guarded.url + "/health").status_code == 200
+
+
+def test_scopes_are_enforced(guarded):
+    h = lambda k: {"authorization": f"Bearer {k}"}
+    assert httpx.get(guarded.url + "/metrics", headers=h(USER)).status_code == 403
+    assert httpx.get(guarded.url + "/metrics", headers=h(METRICS)).status_code == 200
+    assert httpx.get(guarded.url + "/v1/models", headers=h(METRICS)).status_code == 403
+    assert httpx.post(guarded.url + "/admin/reload", headers=h(USER)).status_code == 403
+    assert httpx.get(guarded.url + "/v1/models", headers={"x-api-key": USER}).status_code == 200
+
+
+def test_openai_client_with_a_key(guarded):
+    c = openai.OpenAI(base_url=guarded.v1, api_key=USER, max_retries=0)
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert r.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=guarded.v1, api_key="pal_nope", max_retries=0).models.list()
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=guarded.v1, api_key=METRICS, max_retries=0).models.list()
+    text = httpx.get(guarded.url + "/metrics", headers={"x-api-key": METRICS}).text
+    assert 'palisade_plugin_calls_total{plugin="keys",stage="auth",outcome="allow"}' in text
+    assert 'palisade_plugin_calls_total{plugin="keys",stage="auth",outcome="deny"}' in text
+
+
+def start_fails(binary, policy_text, tmp_path):
+    p = subprocess.run([str(binary), "serve", "--listen", "127.0.0.1:0", "--no-embeddings", "--policy", str(write(tmp_path, policy_text))],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    return p.stderr
+
+
+def test_uncovered_routes_refuse_to_start(binary, tmp_path):
+    err = start_fails(binary, plugin("keys", "api_key_auth.wasm", "authenticator", config=keys_config(KEYS)) + route("/v1/*", auth="keys"), tmp_path)
+    assert "/metrics" in err and "/tokenize" in err and "/admin/reload" in err
+
+
+def test_sha256_mismatch_refuses_to_load(binary, tmp_path):
+    text = plugin("keys", "api_key_auth.wasm", "authenticator").replace('sha256 = "', 'sha256 = "0', 1).replace('"\nkind', '"\nkind', 1)
+    text = text.split("sha256 = ")[0] + 'sha256 = "' + "ab" * 32 + '"\nkind = "authenticator"\n' + OPEN
+    err = start_fails(binary, text, tmp_path)
+    assert "keys" in err and "refusing to load" in err
+
+
+def test_policy_check_prints_each_route(binary, tmp_path):
+    out = subprocess.run([str(binary), "policy", "check", str(write(tmp_path, auth_policy()))], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "GET   /health                  PUBLIC" in out.stdout
+    assert "auth keys (scopes: metrics)" in out.stdout
+
+
+def misbehaving(mode, failure="closed", deadline_ms=200, memory_mb=32, grants=None):
+    return (
+        plugin("bad", "misbehave.wasm", "admission", config={"mode": mode}, limits={"deadline_ms": deadline_ms, "memory_mb": memory_mb}, grants=grants)
+        + route("/v1/chat/completions", public=True, admission=["bad"], failure=failure)
+        + route("*", public=True)
+    )
+
+
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize("mode", ["trap", "loop", "alloc", "huge"])
+def test_broken_plugins_fail_closed_and_the_server_keeps_serving(binary, tmp_path, mode):
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving(mode)))
+    try:
+        for _ in range(3):
+            t = time.time()
+            r = httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30)
+            took = time.time() - t
+            assert r.status_code == 503, r.text
+            assert "security check" in r.json()["error"]["message"]
+            assert "panic" not in r.text and "wasm" not in r.text
+            assert took < 5, f"{mode}: {took:.1f}s"
+        assert httpx.get(s.url + "/v1/models").status_code == 200
+        assert rss_mb(s.proc.pid) < 1500, f"RSS {rss_mb(s.proc.pid)} MB after {mode}"
+        time.sleep(0.2)
+        logs = s.logs()
+        assert "plugin stage failed" in logs and "bad" in logs
+        kind = {"trap": "trap", "loop": "deadline", "alloc": "memory", "huge": "memory"}[mode]
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", logs)
+        assert re.search(f'plugin=bad .*kind="?{kind}', plain), plain[-2000:]
+    finally:
+        assert s.stop() == 0
+
+
+def test_fail_open_skips_the_broken_stage(binary, tmp_path):
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving("loop", failure="open", deadline_ms=50)))
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("mode, expect", [
+    ("ungranted", "capability `counters` is not granted"),
+    ("socket", "socket refused"),
+    ("file", "file refused"),
+    ("env", "environment: []"),
+    ("clock", "clock: 0"),
+])
+def test_capabilities_are_not_there_unless_granted(binary, tmp_path, mode, expect):
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving(mode)))
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert r.status_code == 403, r.text
+        assert expect in r.json()["error"]["message"], r.text
+        assert "root:" not in r.text
+    finally:
+        assert s.stop() == 0
+
+
+def test_granted_counters_work(binary, tmp_path):
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving("ungranted", grants={"counters": True})))
+    try:
+        msgs = [httpx.post(s.url + "/v1/chat/completions", json=CHAT).json()["error"]["message"] for _ in range(3)]
+        assert msgs == ["counter reached 1", "counter reached 2", "counter reached 3"]
+    finally:
+        assert s.stop() == 0
+
+
+def test_hot_reload_revokes_a_key_and_keeps_a_good_policy(binary, tmp_path):
+    path = write(tmp_path, auth_policy())
+    s = Server(binary, "--no-embeddings", policy=path)
+    try:
+        h = lambda k: {"authorization": f"Bearer {k}"}
+        assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 200
+        # Revoke USER through the admin endpoint.
+        path.write_text(auth_policy([k for k in KEYS if k[1] != "user"]))
+        assert httpx.post(s.url + "/admin/reload", headers=h(ADMIN)).status_code == 200
+        assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 401
+        # A broken policy leaves the current one running and says why.
+        path.write_text("[[routes]]\npath = '/v1/*'\npublic = true\n")
+        r = httpx.post(s.url + "/admin/reload", headers=h(ADMIN))
+        assert r.status_code == 422 and "/metrics" in r.json()["error"]["message"]
+        assert httpx.get(s.url + "/v1/models", headers=h(ADMIN)).status_code == 200
+        # SIGHUP reloads too: give USER back.
+        path.write_text(auth_policy())
+        s.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and httpx.get(s.url + "/v1/models", headers=h(USER)).status_code != 200:
+            time.sleep(0.1)
+        assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 200
+    finally:
+        assert s.stop() == 0
