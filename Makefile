@@ -77,3 +77,7 @@ fixtures: model $(BENCH_VENV)/.installed
 # comparison with the engine alone.
 bench-serve: model
 	scripts/bench_serve.sh $(ARGS)
+
+bench-plugins: plugins
+	$(CARGO) build --release
+	scripts/bench_plugins.sh

@@ -48,6 +48,12 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release
 fi
 
+# The numbers mean little when something else is using the cores.
+load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "bench_serve: warning: 1-minute load average is $load before starting; results will be noisy" >&2
+fi
+
 tmp=$(mktemp -d)
 server_pid=""
 stop_server() {

@@ -27,6 +27,25 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure what a route's plugin stages cost (request side and per
+    /// streamed chunk).
+    BenchPlugins {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The route whose stages to run.
+        #[arg(long, default_value = "/v1/chat/completions")]
+        route: String,
+        /// API key to authenticate with.
+        #[arg(long, default_value = "")]
+        key: String,
+        /// Requests to time.
+        #[arg(long, default_value_t = 5000)]
+        iterations: usize,
+        /// Chunks per stream for the output filters.
+        #[arg(long, default_value_t = 256)]
+        chunks: usize,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Print the configuration reference (Markdown).
@@ -154,6 +173,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::BenchPlugins { policy, route, key, iterations, chunks } => {
+            print!("{}", palisade::plugins::bench::run(&policy, &route, &key, iterations, chunks)?)
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => print!("{}", palisade::plugins::check::run(&file)?),
         Command::ConfigReference => print!("{}", palisade::config::reference_markdown()),
         Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {

@@ -1,6 +1,7 @@
 //! The plugin runtime: WIT bindings, the wasmtime engine and instance
 //! pools, the policy file, and the pipeline of stages each route runs.
 
+pub mod bench;
 pub mod bindings;
 pub mod check;
 pub mod counters;
