@@ -4,8 +4,11 @@
 # GET /ready, runs scripts/serve_bench.py at concurrency 1,4,16 with
 # max_tokens 128, and stops the server with SIGTERM.
 #
-#   scripts/bench_serve.sh [--with-engine] [-- extra serve_bench.py args]
+#   scripts/bench_serve.sh [--with-engine] [--policy FILE] [-- extra serve_bench.py args]
 #
+# --policy FILE  the server's policy (default: an open policy, every route
+#                public and no plugin, so the numbers are the bare server's;
+#                with an auth policy pass the key: -- --api-key KEY)
 # --with-engine  also compares single-stream decode through the server with
 #                the engine alone: alternates `palisade bench --threads 2
 #                --reps 3 --gen-tokens 128` and the server benchmark at
@@ -26,12 +29,14 @@ MAX_TOKENS=${BENCH_MAX_TOKENS:-128}
 BIN=./target/release/palisade
 
 with_engine=0
+policy=""
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --with-engine) with_engine=1 ;;
+        --policy) policy=$2; shift ;;
         --) shift; extra=("$@"); break ;;
-        *) echo "usage: $0 [--with-engine] [-- serve_bench.py args]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--with-engine] [--policy FILE] [-- serve_bench.py args]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -79,7 +84,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$BIN" serve --listen 127.0.0.1:0 --no-embeddings --threads "$THREADS" >"$tmp/server.out" 2>"$tmp/server.log" &
+policy_args=()
+if "$BIN" serve --help 2>/dev/null | grep -q -- '--policy'; then
+    if [[ -z $policy ]]; then
+        policy=$tmp/open-policy.toml
+        printf '[[routes]]\npath = "*"\npublic = true\n' >"$policy"
+    fi
+    policy_args=(--policy "$policy")
+fi
+"$BIN" serve --listen 127.0.0.1:0 --no-embeddings --threads "$THREADS" "${policy_args[@]}" >"$tmp/server.out" 2>"$tmp/server.log" &
 server_pid=$!
 
 # The first stdout line is `palisade listening on http://ADDR`.

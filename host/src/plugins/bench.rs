@@ -27,6 +27,7 @@ fn row(out: &mut String, name: &str, v: &mut [f64]) {
 /// Runs the benchmark on `route` of `policy_file` with `key` as the API
 /// key, `iterations` requests and a stream of `chunks` chunks.
 pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks: usize) -> Result<String, HostError> {
+    let pace_us: u64 = std::env::var("PALISADE_BENCH_PACE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let policy = Policy::load(policy_file, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
     let pipeline = Arc::new(Pipeline::build(policy)?);
     let rule = pipeline.rule(route).ok_or_else(|| HostError::Policy(format!("no rule for {route}")))?;
@@ -60,8 +61,8 @@ pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks
             let (mut chain_us, mut auth_us, mut adm_us, mut base_us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..iterations + 200 {
                 // Pace like a server would (prewarming runs between requests).
-                if i % 8 == 0 {
-                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                if pace_us > 0 {
+                    tokio::time::sleep(std::time::Duration::from_micros(pace_us)).await;
                 }
                 let t0 = Instant::now();
                 let mut recs = Vec::new();

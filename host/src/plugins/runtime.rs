@@ -7,7 +7,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use crate::HostError;
 
 /// One epoch tick; deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Used stores waiting for the reaper thread at most.
+pub const REAPER_QUEUE: usize = 128;
 /// Largest linear memory any plugin may be granted.
 pub const MAX_PLUGIN_MEMORY: usize = 4096 << 20;
 
@@ -129,7 +131,7 @@ pub struct LoadedPlugin {
     pre: Pre,
     ready: Mutex<Vec<(PluginStore, Instance)>>,
     prewarm: usize,
-    reaper: Sender<PluginStore>,
+    reaper: SyncSender<PluginStore>,
     wake: Arc<(Mutex<bool>, Condvar)>,
 }
 
@@ -145,7 +147,7 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
-    reaper: Sender<PluginStore>,
+    reaper: SyncSender<PluginStore>,
     wake: Arc<(Mutex<bool>, Condvar)>,
     plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>,
     prewarm: usize,
@@ -176,7 +178,11 @@ impl Runtime {
             .max_tables_per_component(16)
             .table_elements(100_000)
             .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20);
+            .max_core_instance_size(1 << 20)
+            // Reused slots keep their first pages mapped: a fresh instance's
+            // first call then does not page-fault its stack and data in.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
@@ -204,8 +210,10 @@ impl Runtime {
                 }
             })
             .map_err(|e| HostError::Plugin(e.to_string()))?;
-        // Reaper: dropping a used store takes ~10 us; not on the request path.
-        let (reaper, rx) = channel::<PluginStore>();
+        // Reaper: dropping a used store takes ~10 us; not on the request
+        // path. Bounded: when it falls behind, stores are dropped inline, so
+        // used instances never pile up against the pool's limit.
+        let (reaper, rx) = sync_channel::<PluginStore>(REAPER_QUEUE);
         std::thread::Builder::new()
             .name("palisade-reaper".into())
             .spawn(move || for s in rx { drop(s) })
@@ -394,8 +402,9 @@ impl LoadedPlugin {
 
     /// Hands a used store to the background reaper.
     pub fn dispose(&self, store: PluginStore) {
-        if let Err(e) = self.reaper.send(store) {
-            drop(e.0);
+        match self.reaper.try_send(store) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(s) | std::sync::mpsc::TrySendError::Disconnected(s)) => drop(s),
         }
     }
 
