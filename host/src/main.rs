@@ -165,7 +165,10 @@ fn main() -> Result<()> {
     if let Command::Serve { flags } = &cli.command {
         let cfg = ServeConfig::load(flags)?;
         init_logging(cfg.server.log_format);
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        // One async worker: the HTTP side is light, and every extra busy thread
+        // steals time from the engine's compute threads on small machines.
+        let workers: usize = std::env::var("PALISADE_ASYNC_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()?;
         rt.block_on(palisade::serve::run(cfg))?;
         return Ok(());
     }
