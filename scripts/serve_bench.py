@@ -295,7 +295,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        tok = fmt(r["mean_output_tokens"]) + ("" if r["usage_reported"] else "*")
+        tok = fmt(r["mean_output_tokens"]) + ("*" if r["completed"] and not r["usage_reported"] else "")
         lines.append(
             f"| {r['concurrency']} | {r['requests']} | {r['errors']} | {fmt(r['requests_per_s'], '.2f')} "
             f"| {fmt(r['output_tok_s'])} | {fmt(r['ttft_ms_p50'])} | {fmt(r['ttft_ms_p99'])} "
@@ -304,7 +304,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             f"| {tok} | {fmt(r['mean_chunks'])} | {fmt(r['mean_prompt_tokens'])} |"
         )
     notes = []
-    if any(not r["usage_reported"] for r in rows):
+    if any(r["completed"] and not r["usage_reported"] for r in rows):
         notes.append("* no usage block from the server: output tokens counted as content chunks")
     for r in rows:
         if r["missing_done"]:
