@@ -78,18 +78,22 @@ impl Engine {
     /// Loads the model, tokenizer and template.
     pub fn load(opts: &EngineOptions) -> Result<Self> {
         let path = &opts.model;
-        let model = Model::load(path)?;
-        let (tokenizer, template_src) = if path.is_dir() {
+        let (model, tokenizer, template_src) = if path.is_dir() {
+            let model = Model::load(path)?;
             let tok = Tokenizer::from_file(opts.tokenizer.as_deref().unwrap_or(&path.join("tokenizer.json")))?;
-            (tok, hf_template(path))
+            (model, tok, hf_template(path))
         } else {
+            hf::refuse_pickle(path)?;
+            // Parsed once: the weights, the vocabulary and the template all
+            // come from the same metadata.
             let g = gguf::GgufFile::open(path)?;
+            let model = Model::from_gguf(&g, path)?;
             let tok = match &opts.tokenizer {
                 Some(t) => Tokenizer::from_file(t)?,
                 None => Tokenizer::from_gguf(&g)?,
             };
             let src = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
-            (tok, src)
+            (model, tok, src)
         };
         if tokenizer.vocab_size() > model.config.vocab {
             return Err(EngineError::Tokenizer(format!(

@@ -131,15 +131,20 @@ impl Model {
             Self::build(config, &src, Names::Hf, tied, path)
         } else {
             crate::hf::refuse_pickle(path)?;
-            let g = GgufFile::open(path)?;
-            let mut config = ModelConfig::from_gguf(&g, path)?;
-            if let Some(t) = g.tensor("rope_freqs.weight") {
-                check_vector(&t, config.rope_dims / 2)?;
-                config.rope_freq_factors = Some(t.to_f32()?);
-            }
-            let tied = g.tensor("output.weight").is_none();
-            Self::build(config, &g, Names::Gguf, tied, path)
+            Self::from_gguf(&GgufFile::open(path)?, path)
         }
+    }
+
+    /// Builds the model from an already parsed GGUF file (`path` is for
+    /// error messages).
+    pub fn from_gguf(g: &GgufFile, path: &Path) -> Result<Self> {
+        let mut config = ModelConfig::from_gguf(g, path)?;
+        if let Some(t) = g.tensor("rope_freqs.weight") {
+            check_vector(&t, config.rope_dims / 2)?;
+            config.rope_freq_factors = Some(t.to_f32()?);
+        }
+        let tied = g.tensor("output.weight").is_none();
+        Self::build(config, g, Names::Gguf, tied, path)
     }
 
     fn build(config: ModelConfig, src: &dyn TensorSource, names: Names, tied: bool, path: &Path) -> Result<Self> {

@@ -52,20 +52,8 @@ pub enum TinyType {
 
 /// The tiny vocabulary: 256 byte tokens, a few merges, two specials.
 pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..=255u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
     let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
-    tokens.extend(pairs.iter().map(|(_, c)| char::from_u32(*c).expect("char").to_string()));
+    tokens.extend(crate::tokenizer::byte_chars().iter().map(|c| c.to_string()));
     let merges: Vec<(String, String)> = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -56,8 +56,9 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
 
-/// GPT-2's byte-to-character map, inverted.
-fn byte_decoder() -> std::collections::HashMap<char, u8> {
+/// GPT-2's byte-to-character map (`bytes_to_unicode`): the character that
+/// stands for each byte in a byte-level BPE vocabulary.
+pub fn byte_chars() -> [char; 256] {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
@@ -68,7 +69,16 @@ fn byte_decoder() -> std::collections::HashMap<char, u8> {
             n += 1;
         }
     }
-    bs.iter().zip(cs).map(|(&b, c)| (char::from_u32(c).expect("valid char"), b as u8)).collect()
+    let mut out = ['\0'; 256];
+    for (b, c) in bs.into_iter().zip(cs) {
+        out[b as usize] = char::from_u32(c).expect("valid char");
+    }
+    out
+}
+
+/// GPT-2's byte-to-character map, inverted.
+fn byte_decoder() -> std::collections::HashMap<char, u8> {
+    byte_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
 
 impl Tokenizer {

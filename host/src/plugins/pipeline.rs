@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::bindings::shared::palisade::plugin::types::{AdmissionVerdict, Denial, FilterVerdict, Principal, RequestContext, RequestMeta, Rewrite};
 use super::counters::{CounterStore, MemoryCounters};
-use super::policy::{FailureMode, PluginKind, Policy, RouteRule};
+use super::policy::{FailureMode, Policy, RouteRule};
 use super::runtime::{Instance, LoadedPlugin, PluginStore, Runtime, StageFailure, timed};
 use crate::HostError;
 use crate::api::ApiError;
@@ -390,10 +390,4 @@ impl Drop for OutputChain {
             }
         }
     }
-}
-
-/// Keeps the kind import used (plugins of kind `tool` are loaded but not
-/// yet called by any route).
-pub fn is_tool(kind: PluginKind) -> bool {
-    kind == PluginKind::Tool
 }
