@@ -27,7 +27,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos", &self.bos).field("eos", &self.eos).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
     }
 }
 
@@ -79,7 +82,8 @@ pub fn python_json(v: &serde_json::Value, indent: Option<usize>, level: usize, o
 fn tojson(v: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let j = serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let j = serde_json::to_value(&v)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut s = String::new();
     python_json(&j, indent, 0, &mut s);
     Ok(Value::from_safe_string(s))
@@ -91,7 +95,10 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
 
 /// `strftime_now(fmt)` for templates that print today's date (Llama 3).
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86400) as i64;
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719468;
@@ -103,7 +110,20 @@ fn strftime_now(fmt: String) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let month = MONTHS[(m - 1) as usize];
     let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     fmt.replace("%Y", &y.to_string())
@@ -125,7 +145,9 @@ struct Capped {
 impl Write for Capped {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if b.len() > self.left {
-            return Err(std::io::Error::other("rendered prompt exceeds the size limit"));
+            return Err(std::io::Error::other(
+                "rendered prompt exceeds the size limit",
+            ));
         }
         self.left -= b.len();
         self.buf.extend_from_slice(b);
@@ -144,7 +166,13 @@ impl ChatTemplate {
     }
 
     /// Like [`ChatTemplate::new`] with explicit limits.
-    pub fn with_limits(source: &str, bos: &str, eos: &str, max_output: usize, fuel: u64) -> Result<Self> {
+    pub fn with_limits(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        max_output: usize,
+        fuel: u64,
+    ) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -154,32 +182,55 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| EngineError::Template(format!("does not compile: {e}")))?;
-        Ok(ChatTemplate { env, bos: bos.to_string(), eos: eos.to_string(), max_output })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| EngineError::Template(format!("does not compile: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+            max_output,
+        })
     }
 
     /// Renders `messages` (OpenAI-style objects with at least `role` and
     /// `content`). `extra` holds further context (e.g. `tools`).
-    pub fn render(&self, messages: &[serde_json::Value], add_generation_prompt: bool, extra: Option<&serde_json::Value>) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+        extra: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
         let mut ctx = serde_json::Map::new();
         if let Some(serde_json::Value::Object(m)) = extra {
             ctx.extend(m.clone());
         }
-        ctx.insert("messages".into(), serde_json::Value::Array(messages.to_vec()));
+        ctx.insert(
+            "messages".into(),
+            serde_json::Value::Array(messages.to_vec()),
+        );
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert("bos_token".into(), self.bos.clone().into());
         ctx.insert("eos_token".into(), self.eos.clone().into());
-        let mut w = Capped { buf: Vec::new(), left: self.max_output };
+        let mut w = Capped {
+            buf: Vec::new(),
+            left: self.max_output,
+        };
         match tmpl.render_captured_to(serde_json::Value::Object(ctx), &mut w) {
-            Ok(_) => String::from_utf8(w.buf).map_err(|_| EngineError::Template("rendered prompt is not UTF-8".into())),
-            Err(e) if w.left == 0 || e.kind() == ErrorKind::WriteFailure => {
-                Err(EngineError::Template(format!("rendered prompt exceeds {} bytes", self.max_output)))
-            }
-            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                Err(EngineError::Template("rendering ran out of its instruction budget (template or input too large)".into()))
-            }
-            Err(e) if e.kind() == ErrorKind::InvalidOperation => Err(EngineError::Template(e.detail().unwrap_or("invalid operation").to_string())),
+            Ok(_) => String::from_utf8(w.buf)
+                .map_err(|_| EngineError::Template("rendered prompt is not UTF-8".into())),
+            Err(e) if w.left == 0 || e.kind() == ErrorKind::WriteFailure => Err(
+                EngineError::Template(format!("rendered prompt exceeds {} bytes", self.max_output)),
+            ),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(EngineError::Template(
+                "rendering ran out of its instruction budget (template or input too large)".into(),
+            )),
+            Err(e) if e.kind() == ErrorKind::InvalidOperation => Err(EngineError::Template(
+                e.detail().unwrap_or("invalid operation").to_string(),
+            )),
             Err(e) => Err(EngineError::Template(e.to_string())),
         }
     }
@@ -199,14 +250,28 @@ mod tests {
 
     #[test]
     fn infinite_work_runs_out_of_fuel() {
-        let t = ChatTemplate::with_limits("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "", "", 1 << 20, 100_000).unwrap();
+        let t = ChatTemplate::with_limits(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+            1 << 20,
+            100_000,
+        )
+        .unwrap();
         let e = t.render(&[], false, None).unwrap_err().to_string();
         assert!(e.contains("budget"), "{e}");
     }
 
     #[test]
     fn output_is_capped() {
-        let t = ChatTemplate::with_limits("{% for m in messages %}{{ m.content }}{% endfor %}", "", "", 1000, DEFAULT_FUEL).unwrap();
+        let t = ChatTemplate::with_limits(
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+            "",
+            "",
+            1000,
+            DEFAULT_FUEL,
+        )
+        .unwrap();
         let msgs = vec![json!({"role": "user", "content": "x".repeat(2000)})];
         let e = t.render(&msgs, false, None).unwrap_err().to_string();
         assert!(e.contains("exceeds 1000 bytes"), "{e}");
@@ -214,21 +279,37 @@ mod tests {
 
     #[test]
     fn message_content_is_not_template_code() {
-        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "").unwrap();
-        let out = t.render(&[json!({"role": "user", "content": "{{ 7*7 }}{% raw %}"})], false, None).unwrap();
+        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "")
+            .unwrap();
+        let out = t
+            .render(
+                &[json!({"role": "user", "content": "{{ 7*7 }}{% raw %}"})],
+                false,
+                None,
+            )
+            .unwrap();
         assert_eq!(out, "{{ 7*7 }}{% raw %}");
     }
 
     #[test]
     fn tojson_matches_python() {
         let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "").unwrap();
-        let out = t.render(&[], false, Some(&json!({"x": {"a": [1, "é<"], "b": {}}}))).unwrap();
-        assert_eq!(out, "{\"a\": [1, \"é<\"], \"b\": {}}|{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}");
+        let out = t
+            .render(&[], false, Some(&json!({"x": {"a": [1, "é<"], "b": {}}})))
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\"a\": [1, \"é<\"], \"b\": {}}|{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}"
+        );
     }
 
     #[test]
     fn python_string_methods_work() {
         let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}", "", "").unwrap();
-        assert_eq!(t.render(&[json!({"role": "user", "content": "  hi  "})], false, None).unwrap(), "HI");
+        assert_eq!(
+            t.render(&[json!({"role": "user", "content": "  hi  "})], false, None)
+                .unwrap(),
+            "HI"
+        );
     }
 }

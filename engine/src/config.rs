@@ -62,12 +62,21 @@ impl ModelConfig {
         let arch = match arch_name.as_str() {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            _ => return Err(EngineError::UnsupportedArchitecture { path: path.to_path_buf(), arch: arch_name }),
+            _ => {
+                return Err(EngineError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    arch: arch_name,
+                });
+            }
         };
         let k = |s: &str| format!("{arch_name}.{s}");
         let n_heads = g.get_u64(&k("attention.head_count"))? as usize;
         let hidden = g.get_u64(&k("embedding_length"))? as usize;
-        let n_kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(n_heads);
+        let n_kv_heads = g
+            .get(&k("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
         let head_dim = match g.get(&k("attention.key_length")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None if n_heads > 0 => hidden / n_heads,
@@ -75,9 +84,15 @@ impl ModelConfig {
         };
         let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
-            None => g.get_str_array("tokenizer.ggml.tokens").map(|t| t.len()).unwrap_or(0),
+            None => g
+                .get_str_array("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .unwrap_or(0),
         };
-        let scaling = g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()).unwrap_or("none");
+        let scaling = g
+            .get(&k("rope.scaling.type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("none");
         let factor = g.get_f64_opt(&k("rope.scaling.factor")).unwrap_or(1.0) as f32;
         let rope_freq_scale = match scaling {
             "linear" if factor > 0.0 => 1.0 / factor,
@@ -86,7 +101,9 @@ impl ModelConfig {
                 return Err(EngineError::Config {
                     path: path.to_path_buf(),
                     key: k("rope.scaling.type"),
-                    message: format!("RoPE scaling `{other}` is not supported (none, linear, and llama3 freq factors are)"),
+                    message: format!(
+                        "RoPE scaling `{other}` is not supported (none, linear, and llama3 freq factors are)"
+                    ),
                 });
             }
         };
@@ -99,15 +116,28 @@ impl ModelConfig {
             head_dim,
             ffn: g.get_u64(&k("feed_forward_length"))? as usize,
             vocab,
-            rms_eps: g.get_f64_opt(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rms_eps: g
+                .get_f64_opt(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
             rope_theta: g.get_f64_opt(&k("rope.freq_base")).unwrap_or(10000.0) as f32,
-            rope_dims: g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(head_dim),
+            rope_dims: g
+                .get(&k("rope.dimension_count"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .unwrap_or(head_dim),
             // llama.cpp's converter permutes Llama Q/K rows for adjacent-pair
             // RoPE; Qwen2 files keep the Hugging Face (NeoX) layout.
-            rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Neox },
+            rope_style: if arch == Arch::Llama {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::Neox
+            },
             rope_freq_scale,
             rope_freq_factors: None,
-            context_length: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+            context_length: g
+                .get(&k("context_length"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(2048) as usize,
             qkv_bias: arch == Arch::Qwen2,
         };
         cfg.validate(path)
@@ -115,29 +145,56 @@ impl ModelConfig {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf(path: &Path) -> Result<(Self, bool)> {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
-        let hf: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Config { path: path.to_path_buf(), key: "config.json".into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::Config {
+            path: path.to_path_buf(),
+            key: "config.json".into(),
+            message: e.to_string(),
+        })?;
         let arch = match hf.model_type.as_str() {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            other => return Err(EngineError::UnsupportedArchitecture { path: path.to_path_buf(), arch: other.to_string() }),
+            other => {
+                return Err(EngineError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    arch: other.to_string(),
+                });
+            }
         };
         let n_heads = hf.num_attention_heads;
-        let head_dim = hf.head_dim.unwrap_or(if n_heads > 0 { hf.hidden_size / n_heads } else { 0 });
+        let head_dim = hf.head_dim.unwrap_or(if n_heads > 0 {
+            hf.hidden_size / n_heads
+        } else {
+            0
+        });
         let mut freq_scale = 1.0;
         let mut factors = None;
         if let Some(rs) = &hf.rope_scaling {
-            let kind = rs.rope_type.as_deref().or(rs.kind.as_deref()).unwrap_or("default");
+            let kind = rs
+                .rope_type
+                .as_deref()
+                .or(rs.kind.as_deref())
+                .unwrap_or("default");
             match kind {
                 "default" => {}
                 "linear" => freq_scale = 1.0 / rs.factor.unwrap_or(1.0),
-                "llama3" => factors = Some(llama3_factors(head_dim, hf.rope_theta.unwrap_or(10000.0), rs)),
+                "llama3" => {
+                    factors = Some(llama3_factors(
+                        head_dim,
+                        hf.rope_theta.unwrap_or(10000.0),
+                        rs,
+                    ))
+                }
                 other => {
                     return Err(EngineError::Config {
                         path: path.to_path_buf(),
                         key: "rope_scaling".into(),
-                        message: format!("RoPE scaling `{other}` is not supported (default, linear, llama3 are)"),
+                        message: format!(
+                            "RoPE scaling `{other}` is not supported (default, linear, llama3 are)"
+                        ),
                     });
                 }
             }
@@ -164,7 +221,11 @@ impl ModelConfig {
     }
 
     fn validate(self, path: &Path) -> Result<Self> {
-        let bad = |key: &str, message: String| EngineError::Config { path: path.to_path_buf(), key: key.into(), message };
+        let bad = |key: &str, message: String| EngineError::Config {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message,
+        };
         for (name, v) in [
             ("layers", self.n_layers),
             ("hidden size", self.hidden),
@@ -179,13 +240,35 @@ impl ModelConfig {
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(bad("kv head count", format!("{} query heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads)));
+            return Err(bad(
+                "kv head count",
+                format!(
+                    "{} query heads are not a multiple of {} kv heads",
+                    self.n_heads, self.n_kv_heads
+                ),
+            ));
         }
-        if self.head_dim > 256 || self.head_dim % 2 != 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
-            return Err(bad("head size", format!("head size {} / rope dims {} unsupported (even, at most 256)", self.head_dim, self.rope_dims)));
+        if self.head_dim > 256
+            || self.head_dim % 2 != 0
+            || self.rope_dims > self.head_dim
+            || self.rope_dims % 2 != 0
+        {
+            return Err(bad(
+                "head size",
+                format!(
+                    "head size {} / rope dims {} unsupported (even, at most 256)",
+                    self.head_dim, self.rope_dims
+                ),
+            ));
         }
         if !(self.rms_eps > 0.0 && self.rms_eps < 1.0) || !(self.rope_theta > 0.0) {
-            return Err(bad("rms_eps/rope_theta", format!("rms_eps {} or rope theta {} out of range", self.rms_eps, self.rope_theta)));
+            return Err(bad(
+                "rms_eps/rope_theta",
+                format!(
+                    "rms_eps {} or rope theta {} out of range",
+                    self.rms_eps, self.rope_theta
+                ),
+            ));
         }
         Ok(self)
     }

@@ -74,15 +74,40 @@ fn default_act() -> String {
 
 impl BertConfig {
     fn check(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, message: String| Err(EngineError::Config { path: path.to_path_buf(), key: key.into(), message });
+        let bad = |key: &str, message: String| {
+            Err(EngineError::Config {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message,
+            })
+        };
         if let Some(t) = self.model_type.as_deref().filter(|t| *t != "bert") {
-            return bad("model_type", format!("`{t}` is not supported (only `bert`)"));
+            return bad(
+                "model_type",
+                format!("`{t}` is not supported (only `bert`)"),
+            );
         }
-        if let Some(t) = self.position_embedding_type.as_deref().filter(|t| *t != "absolute") {
-            return bad("position_embedding_type", format!("`{t}` is not supported (only `absolute`)"));
+        if let Some(t) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            return bad(
+                "position_embedding_type",
+                format!("`{t}` is not supported (only `absolute`)"),
+            );
         }
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
-            return bad("hidden_act", format!("`{}` is not supported (gelu, gelu_new, gelu_pytorch_tanh)", self.hidden_act));
+        if !matches!(
+            self.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
+        ) {
+            return bad(
+                "hidden_act",
+                format!(
+                    "`{}` is not supported (gelu, gelu_new, gelu_pytorch_tanh)",
+                    self.hidden_act
+                ),
+            );
         }
         for (key, v) in [
             ("vocab_size", self.vocab_size),
@@ -99,11 +124,17 @@ impl BertConfig {
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(
                 "num_attention_heads",
-                format!("{} heads do not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
             );
         }
         if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return bad("layer_norm_eps", format!("must be positive, got {}", self.layer_norm_eps));
+            return bad(
+                "layer_norm_eps",
+                format!("must be positive, got {}", self.layer_norm_eps),
+            );
         }
         Ok(())
     }
@@ -119,7 +150,10 @@ struct Linear {
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, t, d) = x.dims3()?;
-        let y = x.reshape((n * t, d))?.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
+        let y = x
+            .reshape((n * t, d))?
+            .matmul(&self.w.t()?)?
+            .broadcast_add(&self.b)?;
         y.reshape((n, t, ()))
     }
 }
@@ -135,7 +169,9 @@ impl LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&self.w)?.broadcast_add(&self.b)
+        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.w)?
+            .broadcast_add(&self.b)
     }
 }
 
@@ -166,7 +202,10 @@ pub struct EmbeddingModel {
 
 impl std::fmt::Debug for EmbeddingModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddingModel").field("name", &self.name).field("config", &self.config).finish()
+        f.debug_struct("EmbeddingModel")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -181,15 +220,32 @@ struct Weights<'a> {
 impl Weights<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
-        let view = self.st.tensor(&full).map_err(|_| EngineError::MissingTensor { path: self.path.into(), tensor: full.clone() })?;
+        let view = self
+            .st
+            .tensor(&full)
+            .map_err(|_| EngineError::MissingTensor {
+                path: self.path.into(),
+                tensor: full.clone(),
+            })?;
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
-            other => return Err(EngineError::UnsupportedTensorType { path: self.path.into(), tensor: full, ty: format!("{other:?}") }),
+            other => {
+                return Err(EngineError::UnsupportedTensorType {
+                    path: self.path.into(),
+                    tensor: full,
+                    ty: format!("{other:?}"),
+                });
+            }
         };
         if view.shape() != shape {
-            return Err(EngineError::TensorShape { path: self.path.into(), tensor: full, expected: shape.to_vec(), actual: view.shape().to_vec() });
+            return Err(EngineError::TensorShape {
+                path: self.path.into(),
+                tensor: full,
+                expected: shape.to_vec(),
+                actual: view.shape().to_vec(),
+            });
         }
         Tensor::from_raw_buffer(view.data(), dtype, shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
@@ -197,11 +253,18 @@ impl Weights<'_> {
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(Linear { w: self.get(&format!("{name}.weight"), &[out, inp])?, b: self.get(&format!("{name}.bias"), &[out])? })
+        Ok(Linear {
+            w: self.get(&format!("{name}.weight"), &[out, inp])?,
+            b: self.get(&format!("{name}.bias"), &[out])?,
+        })
     }
 
     fn norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm { w: self.get(&format!("{name}.weight"), &[d])?, b: self.get(&format!("{name}.bias"), &[d])?, eps })
+        Ok(LayerNorm {
+            w: self.get(&format!("{name}.weight"), &[d])?,
+            b: self.get(&format!("{name}.bias"), &[d])?,
+            eps,
+        })
     }
 }
 
@@ -210,18 +273,27 @@ impl EmbeddingModel {
     /// `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| EngineError::Io { path: cfg_path.clone(), source })?;
-        let config: BertConfig = serde_json::from_str(&text).map_err(|e| EngineError::format(&cfg_path, format!("not a BERT config: {e}")))?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| EngineError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| EngineError::format(&cfg_path, format!("not a BERT config: {e}")))?;
         config.check(&cfg_path)?;
 
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(EngineError::Io { path: tok_path, source: std::io::ErrorKind::NotFound.into() });
+            return Err(EngineError::Io {
+                path: tok_path,
+                source: std::io::ErrorKind::NotFound.into(),
+            });
         }
-        let mut tokenizer =
-            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
         let tok_vocab = tokenizer.get_vocab_size(true);
         if tok_vocab > config.vocab_size {
             return Err(EngineError::Tokenizer(format!(
@@ -242,12 +314,25 @@ impl EmbeddingModel {
         let file = MappedFile::open(&st_path)?;
         let st = safetensors::SafeTensors::deserialize(file.bytes())
             .map_err(|e| EngineError::format(&st_path, format!("invalid safetensors file: {e}")))?;
-        let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
-        let w = Weights { path: &st_path, st, prefix };
+        let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
+        let w = Weights {
+            path: &st_path,
+            st,
+            prefix,
+        };
         let c = &config;
         let (d, eps) = (c.hidden_size, c.layer_norm_eps);
-        let token_type = w.get("embeddings.token_type_embeddings.weight", &[c.type_vocab_size, d])?;
-        let token_type = token_type.get(0).map_err(|e| EngineError::format(&st_path, e.to_string()))?;
+        let token_type = w.get(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab_size, d],
+        )?;
+        let token_type = token_type
+            .get(0)
+            .map_err(|e| EngineError::format(&st_path, e.to_string()))?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}.");
@@ -263,10 +348,17 @@ impl EmbeddingModel {
             });
         }
         let name = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        let name = name.file_name().and_then(|s| s.to_str()).unwrap_or("embeddings").to_string();
+        let name = name
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("embeddings")
+            .to_string();
         Ok(EmbeddingModel {
             word: w.get("embeddings.word_embeddings.weight", &[c.vocab_size, d])?,
-            position: w.get("embeddings.position_embeddings.weight", &[c.max_position_embeddings, d])?,
+            position: w.get(
+                "embeddings.position_embeddings.weight",
+                &[c.max_position_embeddings, d],
+            )?,
             token_type,
             emb_norm: w.norm("embeddings.LayerNorm", d, eps)?,
             layers,
@@ -281,7 +373,10 @@ impl EmbeddingModel {
     /// (`[CLS] … [SEP]`). Not truncated: [`EmbeddingModel::embed`] refuses
     /// inputs longer than [`EmbeddingModel::max_tokens`].
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode_fast(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode_fast(text, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -315,13 +410,19 @@ impl EmbeddingModel {
             let message = if ids.is_empty() {
                 format!("input {i} is empty")
             } else if ids.len() > max {
-                format!("input {i} has {} tokens, more than the model's limit of {max}", ids.len())
+                format!(
+                    "input {i} has {} tokens, more than the model's limit of {max}",
+                    ids.len()
+                )
             } else if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
                 format!("input {i} has token id {id}, outside the vocabulary of {vocab} tokens")
             } else {
                 continue;
             };
-            return Err(EngineError::InvalidParameter { field: "input", message });
+            return Err(EngineError::InvalidParameter {
+                field: "input",
+                message,
+            });
         }
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].len());
@@ -330,11 +431,18 @@ impl EmbeddingModel {
         while start < order.len() {
             // Sorted by length: the last one taken is the longest.
             let mut end = start + 1;
-            while end < order.len() && (end + 1 - start) * batch[order[end]].len() <= MAX_BATCH_TOKENS {
+            while end < order.len()
+                && (end + 1 - start) * batch[order[end]].len() <= MAX_BATCH_TOKENS
+            {
                 end += 1;
             }
-            let chunk: Vec<&[u32]> = order[start..end].iter().map(|&i| batch[i].as_slice()).collect();
-            let vecs = self.forward(&chunk).map_err(|e| EngineError::format(&self.dir, format!("embedding forward pass: {e}")))?;
+            let chunk: Vec<&[u32]> = order[start..end]
+                .iter()
+                .map(|&i| batch[i].as_slice())
+                .collect();
+            let vecs = self.forward(&chunk).map_err(|e| {
+                EngineError::format(&self.dir, format!("embedding forward pass: {e}"))
+            })?;
             for (&i, v) in order[start..end].iter().zip(vecs) {
                 out[i] = v;
             }
@@ -345,7 +453,10 @@ impl EmbeddingModel {
 
     /// Encoder, mean pooling and normalization of one padded batch.
     fn forward(&self, batch: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let (n, t) = (batch.len(), batch.iter().map(|s| s.len()).max().unwrap_or(0));
+        let (n, t) = (
+            batch.len(),
+            batch.iter().map(|s| s.len()).max().unwrap_or(0),
+        );
         let heads = self.config.num_attention_heads;
         let hd = self.config.hidden_size / heads;
         let mut ids = vec![0u32; n * t];
@@ -360,26 +471,40 @@ impl EmbeddingModel {
         // Padded keys get -1e30 before the softmax: a weight of exactly 0.
         let bias = ((mask.reshape((n, 1, 1, t))? - 1.0)? * 1e30)?;
         let x = self.word.index_select(&ids, 0)?.reshape((n, t, ()))?;
-        let x = x.broadcast_add(&self.position.narrow(0, 0, t)?)?.broadcast_add(&self.token_type)?;
+        let x = x
+            .broadcast_add(&self.position.narrow(0, 0, t)?)?
+            .broadcast_add(&self.token_type)?;
         let mut x = self.emb_norm.forward(&x)?;
         let split = |y: Tensor| y.reshape((n, t, heads, hd))?.transpose(1, 2)?.contiguous();
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
-            let (q, k, v) = (split(l.q.forward(&x)?)?, split(l.k.forward(&x)?)?, split(l.v.forward(&x)?)?);
+            let (q, k, v) = (
+                split(l.q.forward(&x)?)?,
+                split(l.k.forward(&x)?)?,
+                split(l.v.forward(&x)?)?,
+            );
             let s = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
             let s = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
             let p = s.broadcast_div(&s.sum_keepdim(D::Minus1)?)?;
             let ctx = p.matmul(&v)?.transpose(1, 2)?.reshape((n, t, ()))?;
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let h = l.up.forward(&x)?;
-            let h = if self.config.hidden_act == "gelu" { h.gelu_erf()? } else { h.gelu()? };
+            let h = if self.config.hidden_act == "gelu" {
+                h.gelu_erf()?
+            } else {
+                h.gelu()?
+            };
             x = l.out_norm.forward(&(l.down.forward(&h)? + &x)?)?;
         }
         let mask = mask.unsqueeze(2)?;
         let sum = x.broadcast_mul(&mask)?.sum(1)?;
         let mean = sum.broadcast_div(&mask.sum(1)?)?;
         // As torch's F.normalize: divide by max(norm, 1e-12).
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         mean.broadcast_div(&norm)?.to_vec2()
     }
 }

@@ -86,7 +86,9 @@ pub enum EngineError {
     #[error("chat template: {0}")]
     Template(String),
     /// The prompt plus generation does not fit the context window.
-    #[error("prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context length {context}")]
+    #[error(
+        "prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context length {context}"
+    )]
     ContextLength {
         /// Prompt tokens.
         prompt: usize,
@@ -113,6 +115,9 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {
     pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        EngineError::Format { path: path.into(), message: message.into() }
+        EngineError::Format {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

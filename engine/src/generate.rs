@@ -1,12 +1,12 @@
 //! Generation of one sequence: prefill the prompt, then sample and decode
 //! token by token, streaming text deltas with stop handling.
 
+use crate::Engine;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Workspace};
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::stop::{StopEvent, StopStrings};
 use crate::tokenizer::TextStream;
-use crate::Engine;
 
 /// Longest run of prompt tokens evaluated in one forward call.
 pub const PREFILL_CHUNK: usize = 512;
@@ -74,7 +74,10 @@ pub struct Generation<'e> {
 
 impl std::fmt::Debug for Generation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generation").field("generated", &self.generated).field("done", &self.done).finish()
+        f.debug_struct("Generation")
+            .field("generated", &self.generated)
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -83,16 +86,34 @@ impl<'e> Generation<'e> {
         let vocab = engine.model.config.vocab;
         req.sampling.validate(vocab)?;
         if req.prompt.is_empty() {
-            return Err(EngineError::InvalidParameter { field: "prompt", message: "the prompt has no tokens".into() });
+            return Err(EngineError::InvalidParameter {
+                field: "prompt",
+                message: "the prompt has no tokens".into(),
+            });
         }
         let context = engine.max_context();
         if req.prompt.len() + req.max_tokens > context {
-            return Err(EngineError::ContextLength { prompt: req.prompt.len(), max_tokens: req.max_tokens, context });
+            return Err(EngineError::ContextLength {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                context,
+            });
         }
         let cache = KvCache::new(&engine.model.config, req.prompt.len() + req.max_tokens);
         let sampler = Sampler::new(req.sampling.clone(), &req.prompt);
         let stops = StopStrings::new(req.stop.clone());
-        Ok(Generation { engine, req, cache, ws: Workspace::default(), sampler, text: TextStream::default(), stops, last: None, generated: 0, done: false })
+        Ok(Generation {
+            engine,
+            req,
+            cache,
+            ws: Workspace::default(),
+            sampler,
+            text: TextStream::default(),
+            stops,
+            last: None,
+            generated: 0,
+            done: false,
+        })
     }
 
     /// Tokens generated so far.
@@ -109,14 +130,19 @@ impl<'e> Generation<'e> {
                 let mut start = 0;
                 let mut logits = Vec::new();
                 for chunk in prompt.chunks(PREFILL_CHUNK) {
-                    logits = m.forward(pool, &mut self.ws, &mut self.cache, chunk, start, false)?.to_vec();
+                    logits = m
+                        .forward(pool, &mut self.ws, &mut self.cache, chunk, start, false)?
+                        .to_vec();
                     start += chunk.len();
                 }
                 Ok(logits)
             }
             Some(t) => {
                 let pos = self.cache.len;
-                Ok(m.forward(pool, &mut self.ws, &mut self.cache, &[t], pos, false)?.to_vec())
+                Ok(
+                    m.forward(pool, &mut self.ws, &mut self.cache, &[t], pos, false)?
+                        .to_vec(),
+                )
             }
         }
     }
@@ -127,7 +153,8 @@ impl<'e> Generation<'e> {
         let tok = &self.engine.tokenizer;
         self.generated += 1;
         self.last = Some(sampled.token);
-        let is_stop_token = (!self.req.ignore_eos && tok.stop_ids.contains(&sampled.token)) || self.req.stop_token_ids.contains(&sampled.token);
+        let is_stop_token = (!self.req.ignore_eos && tok.stop_ids.contains(&sampled.token))
+            || self.req.stop_token_ids.contains(&sampled.token);
         let mut finish = None;
         let mut text;
         if is_stop_token {
@@ -150,7 +177,11 @@ impl<'e> Generation<'e> {
         if finish.is_some() {
             self.done = true;
         }
-        Ok(Step { sampled, text, finish })
+        Ok(Step {
+            sampled,
+            text,
+            finish,
+        })
     }
 
     /// Releases everything still held (an incomplete character, a partial

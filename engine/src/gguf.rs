@@ -97,7 +97,11 @@ impl<'a> Reader<'a> {
         if self.buf.len() - self.pos < n {
             return Err(EngineError::format(
                 self.path,
-                format!("truncated: needed {n} bytes at offset {} for {what}, the file has {}", self.pos, self.buf.len()),
+                format!(
+                    "truncated: needed {n} bytes at offset {} for {what}, the file has {}",
+                    self.pos,
+                    self.buf.len()
+                ),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -120,7 +124,9 @@ impl<'a> Reader<'a> {
         if n.saturating_mul(min_size as u64) > rest {
             return Err(EngineError::format(
                 self.path,
-                format!("{what} at offset {at} claims {n} items, more than the remaining {rest} bytes can hold: truncated or corrupt"),
+                format!(
+                    "{what} at offset {at} claims {n} items, more than the remaining {rest} bytes can hold: truncated or corrupt"
+                ),
             ));
         }
         Ok(n as usize)
@@ -129,8 +135,12 @@ impl<'a> Reader<'a> {
         let n = self.count(what, 1)?;
         let at = self.pos;
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| EngineError::format(self.path, format!("{what} at offset {at} is not valid UTF-8")))
+        String::from_utf8(b.to_vec()).map_err(|_| {
+            EngineError::format(
+                self.path,
+                format!("{what} at offset {at} is not valid UTF-8"),
+            )
+        })
     }
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
         let b = |r: &mut Self, n| r.take(n, key);
@@ -146,7 +156,10 @@ impl<'a> Reader<'a> {
             8 => Value::String(self.string(key)?),
             9 => {
                 if depth > 2 {
-                    return Err(EngineError::format(self.path, format!("metadata `{key}`: arrays nested too deeply")));
+                    return Err(EngineError::format(
+                        self.path,
+                        format!("metadata `{key}`: arrays nested too deeply"),
+                    ));
                 }
                 let item_ty = self.u32(key)?;
                 let min = match item_ty {
@@ -165,7 +178,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(self.u64(key)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(key)?)),
-            t => return Err(EngineError::format(self.path, format!("metadata `{key}` has unknown value type {t}"))),
+            t => {
+                return Err(EngineError::format(
+                    self.path,
+                    format!("metadata `{key}` has unknown value type {t}"),
+                ));
+            }
         })
     }
 }
@@ -181,14 +199,24 @@ impl GgufFile {
     pub fn parse(file: Arc<MappedFile>) -> Result<Self> {
         let path: PathBuf = file.path.clone();
         let buf = file.bytes();
-        let mut r = Reader { buf, pos: 0, path: &path };
+        let mut r = Reader {
+            buf,
+            pos: 0,
+            path: &path,
+        };
         let magic = r.take(4, "the magic number")?;
         if magic != b"GGUF" {
-            return Err(EngineError::format(&path, format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")));
+            return Err(EngineError::format(
+                &path,
+                format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\""),
+            ));
         }
         let version = r.u32("the version")?;
         if !(2..=3).contains(&version) {
-            return Err(EngineError::format(&path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(EngineError::format(
+                &path,
+                format!("GGUF version {version} is not supported (2 and 3 are)"),
+            ));
         }
         let n_tensors = r.count("the tensor count", 24)?;
         let n_kv = r.count("the metadata count", 12)?;
@@ -204,7 +232,10 @@ impl GgufFile {
             let name = r.string("a tensor name")?;
             let n_dims = r.u32(&name)? as usize;
             if n_dims == 0 || n_dims > 4 {
-                return Err(EngineError::format(&path, format!("tensor `{name}` has {n_dims} dimensions (1 to 4 expected)")));
+                return Err(EngineError::format(
+                    &path,
+                    format!("tensor `{name}` has {n_dims} dimensions (1 to 4 expected)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -214,42 +245,72 @@ impl GgufFile {
             let offset = r.u64(&name)? as usize;
             infos.push((name, dims, ty_id, offset));
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32) as usize;
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(EngineError::format(&path, format!("general.alignment {alignment} is not a power of two")));
+            return Err(EngineError::format(
+                &path,
+                format!("general.alignment {alignment} is not a power of two"),
+            ));
         }
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let mut tensors = HashMap::with_capacity(infos.len());
         let mut order = Vec::with_capacity(infos.len());
         for (name, dims, ty_id, offset) in infos {
             let Some(ty) = TensorType::from_ggml(ty_id) else {
-                return Err(EngineError::UnsupportedTensorType { path, tensor: name, ty: TensorType::ggml_name(ty_id) });
+                return Err(EngineError::UnsupportedTensorType {
+                    path,
+                    tensor: name,
+                    ty: TensorType::ggml_name(ty_id),
+                });
             };
             let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let Some(elems) = elems.filter(|&e| e > 0) else {
-                return Err(EngineError::format(&path, format!("tensor `{name}` has an invalid shape {dims:?}")));
+                return Err(EngineError::format(
+                    &path,
+                    format!("tensor `{name}` has an invalid shape {dims:?}"),
+                ));
             };
             let Some(len) = ty.bytes_for(elems) else {
                 return Err(EngineError::format(
                     &path,
-                    format!("tensor `{name}` of type {ty:?} has {elems} elements, not a whole number of {} element blocks", ty.block().0),
+                    format!(
+                        "tensor `{name}` of type {ty:?} has {elems} elements, not a whole number of {} element blocks",
+                        ty.block().0
+                    ),
                 ));
             };
             if dims[0] % ty.block().0 != 0 {
                 return Err(EngineError::format(
                     &path,
-                    format!("tensor `{name}`: rows of {} elements are not a whole number of {ty:?} blocks", dims[0]),
+                    format!(
+                        "tensor `{name}`: rows of {} elements are not a whole number of {ty:?} blocks",
+                        dims[0]
+                    ),
                 ));
             }
             let shape: Vec<usize> = dims.iter().rev().copied().collect();
-            let start = data_start.checked_add(offset).ok_or_else(|| EngineError::format(&path, format!("tensor `{name}`: offset overflows")))?;
+            let start = data_start.checked_add(offset).ok_or_else(|| {
+                EngineError::format(&path, format!("tensor `{name}`: offset overflows"))
+            })?;
             let t = TensorRef::new(name.clone(), ty, shape, file.clone(), start, len)?;
             order.push(name.clone());
             if tensors.insert(name.clone(), t).is_some() {
-                return Err(EngineError::format(&path, format!("tensor `{name}` appears twice")));
+                return Err(EngineError::format(
+                    &path,
+                    format!("tensor `{name}` appears twice"),
+                ));
             }
         }
-        Ok(GgufFile { file, version, metadata, tensors, order })
+        Ok(GgufFile {
+            file,
+            version,
+            metadata,
+            tensors,
+            order,
+        })
     }
 
     /// Metadata value by key.
@@ -259,12 +320,16 @@ impl GgufFile {
 
     /// A required string value.
     pub fn get_str(&self, key: &str) -> Result<&str> {
-        self.get(key).and_then(Value::as_str).ok_or_else(|| self.missing(key, "a string"))
+        self.get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.missing(key, "a string"))
     }
 
     /// A required unsigned integer value.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
-        self.get(key).and_then(Value::as_u64).ok_or_else(|| self.missing(key, "an unsigned integer"))
+        self.get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| self.missing(key, "an unsigned integer"))
     }
 
     /// An optional float value.
@@ -275,15 +340,23 @@ impl GgufFile {
     /// A required array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         match self.get(key) {
-            Some(Value::Array(items)) => {
-                items.iter().map(|v| v.as_str().ok_or_else(|| self.missing(key, "an array of strings"))).collect()
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| self.missing(key, "an array of strings"))
+                })
+                .collect(),
             _ => Err(self.missing(key, "an array of strings")),
         }
     }
 
     fn missing(&self, key: &str, what: &str) -> EngineError {
-        EngineError::Config { path: self.file.path.clone(), key: key.to_string(), message: format!("missing or not {what}") }
+        EngineError::Config {
+            path: self.file.path.clone(),
+            key: key.to_string(),
+            message: format!("missing or not {what}"),
+        }
     }
 
     /// Tensor names in file order.
@@ -317,8 +390,15 @@ impl GgufWriter {
     }
 
     /// Adds a tensor: `shape` outermost first, `ggml_type` id, raw bytes.
-    pub fn tensor(&mut self, name: &str, shape: &[usize], ggml_type: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), shape.to_vec(), ggml_type, data));
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ggml_type: u32,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), ggml_type, data));
         self
     }
 
@@ -413,7 +493,10 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut w = GgufWriter::default();
         w.meta("general.architecture", Value::String("llama".into()));
-        w.meta("a.list", Value::Array(vec![Value::String("x".into()), Value::String("y".into())]));
+        w.meta(
+            "a.list",
+            Value::Array(vec![Value::String("x".into()), Value::String("y".into())]),
+        );
         w.tensor("t", &[2, 32], 0, vec![0u8; 2 * 32 * 4]);
         w.to_bytes()
     }

@@ -21,7 +21,10 @@ pub struct SafetensorsDir {
 impl SafetensorsDir {
     /// Maps every `*.safetensors` file in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let io = |source| EngineError::Io { path: dir.to_path_buf(), source };
+        let io = |source| EngineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut shards = Vec::new();
         let mut pickles = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -39,16 +42,25 @@ impl SafetensorsDir {
             } else {
                 format!(
                     "only pickle-based weights ({}) found: they can run arbitrary code when loaded and are refused; convert them to safetensors",
-                    pickles.iter().filter_map(|p| p.file_name()?.to_str()).collect::<Vec<_>>().join(", ")
+                    pickles
+                        .iter()
+                        .filter_map(|p| p.file_name()?.to_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
-            return Err(EngineError::UnsupportedFormat { path: dir.to_path_buf(), message });
+            return Err(EngineError::UnsupportedFormat {
+                path: dir.to_path_buf(),
+                message,
+            });
         }
         let mut tensors = HashMap::new();
         for shard in shards {
             let file = MappedFile::open(&shard)?;
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(file.bytes())
-                .map_err(|e| EngineError::format(&shard, format!("invalid safetensors header: {e}")))?;
+                .map_err(|e| {
+                    EngineError::format(&shard, format!("invalid safetensors header: {e}"))
+                })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 use safetensors::Dtype;
@@ -57,17 +69,34 @@ impl SafetensorsDir {
                     Dtype::F16 => TensorType::F16,
                     Dtype::BF16 => TensorType::BF16,
                     other => {
-                        return Err(EngineError::UnsupportedTensorType { path: shard.clone(), tensor: name, ty: format!("{other:?}") });
+                        return Err(EngineError::UnsupportedTensorType {
+                            path: shard.clone(),
+                            tensor: name,
+                            ty: format!("{other:?}"),
+                        });
                     }
                 };
                 let (start, end) = info.data_offsets;
-                let t = TensorRef::new(name.clone(), ty, info.shape.clone(), file.clone(), base + start, end - start)?;
+                let t = TensorRef::new(
+                    name.clone(),
+                    ty,
+                    info.shape.clone(),
+                    file.clone(),
+                    base + start,
+                    end - start,
+                )?;
                 if tensors.insert(name.clone(), t).is_some() {
-                    return Err(EngineError::format(&shard, format!("tensor `{name}` appears in more than one shard")));
+                    return Err(EngineError::format(
+                        &shard,
+                        format!("tensor `{name}` appears in more than one shard"),
+                    ));
                 }
             }
         }
-        Ok(SafetensorsDir { dir: dir.to_path_buf(), tensors })
+        Ok(SafetensorsDir {
+            dir: dir.to_path_buf(),
+            tensors,
+        })
     }
 }
 
@@ -85,7 +114,9 @@ pub fn refuse_pickle(path: &Path) -> Result<()> {
     match path.extension().and_then(|e| e.to_str()) {
         Some(e) if PICKLE_EXTENSIONS.contains(&e) => Err(EngineError::UnsupportedFormat {
             path: path.to_path_buf(),
-            message: format!(".{e} files are Python pickles, which can run arbitrary code when loaded; only GGUF and safetensors are accepted"),
+            message: format!(
+                ".{e} files are Python pickles, which can run arbitrary code when loaded; only GGUF and safetensors are accepted"
+            ),
         }),
         _ => Ok(()),
     }

@@ -20,7 +20,11 @@ use crate::tensor::TensorType;
 fn blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
     assert_eq!(bytes.len() % size, 0, "not a whole number of blocks");
-    assert_eq!(bytes.as_ptr().align_offset(std::mem::align_of::<T>()), 0, "misaligned block data");
+    assert_eq!(
+        bytes.as_ptr().align_offset(std::mem::align_of::<T>()),
+        0,
+        "misaligned block data"
+    );
     // SAFETY: candle's block types are `#[repr(C)]` structs of f16/u8/i8
     // arrays for which every bit pattern is valid; length and alignment are
     // checked above; the slice borrows `bytes` so it cannot outlive it.
@@ -61,12 +65,32 @@ pub(crate) fn dequantize(ty: TensorType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// `y[t][r] = x[t] . W[r]` for a weight of `ty` with `rows x cols`.
-pub(crate) fn matmul(pool: &ThreadPool, ty: TensorType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
-    fn go<T: GgmlType>(pool: &ThreadPool, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32]) {
+pub(crate) fn matmul(
+    pool: &ThreadPool,
+    ty: TensorType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    fn go<T: GgmlType>(
+        pool: &ThreadPool,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+    ) {
         let per_row = cols / T::VecDotType::BLCK_SIZE;
         let mut acts = vec![T::VecDotType::zeros(); n * per_row];
         for t in 0..n {
-            T::VecDotType::from_float(&x[t * cols..(t + 1) * cols], &mut acts[t * per_row..(t + 1) * per_row]);
+            T::VecDotType::from_float(
+                &x[t * cols..(t + 1) * cols],
+                &mut acts[t * per_row..(t + 1) * per_row],
+            );
         }
         let wb = blocks::<T>(w);
         let w_per_row = cols / T::BLCK_SIZE;

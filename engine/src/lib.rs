@@ -70,7 +70,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.model).field("threads", &self.pool.threads()).finish()
+        f.debug_struct("Engine")
+            .field("model", &self.model)
+            .field("threads", &self.pool.threads())
+            .finish()
     }
 }
 
@@ -80,7 +83,11 @@ impl Engine {
         let path = &opts.model;
         let (model, tokenizer, template_src) = if path.is_dir() {
             let model = Model::load(path)?;
-            let tok = Tokenizer::from_file(opts.tokenizer.as_deref().unwrap_or(&path.join("tokenizer.json")))?;
+            let tok = Tokenizer::from_file(
+                opts.tokenizer
+                    .as_deref()
+                    .unwrap_or(&path.join("tokenizer.json")),
+            )?;
             (model, tok, hf_template(path))
         } else {
             hf::refuse_pickle(path)?;
@@ -92,7 +99,10 @@ impl Engine {
                 Some(t) => Tokenizer::from_file(t)?,
                 None => Tokenizer::from_gguf(&g)?,
             };
-            let src = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from);
+            let src = g
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(String::from);
             (model, tok, src)
         };
         if tokenizer.vocab_size() > model.config.vocab {
@@ -104,12 +114,27 @@ impl Engine {
         }
         let text = |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
         let template = match template_src {
-            Some(src) => Some(ChatTemplate::new(&src, &text(tokenizer.bos), &text(tokenizer.eos))?),
+            Some(src) => Some(ChatTemplate::new(
+                &src,
+                &text(tokenizer.bos),
+                &text(tokenizer.eos),
+            )?),
             None => None,
         };
-        let max_context = opts.max_model_len.unwrap_or(model.config.context_length).min(model.config.context_length).max(1);
+        let max_context = opts
+            .max_model_len
+            .unwrap_or(model.config.context_length)
+            .min(model.config.context_length)
+            .max(1);
         let name = model_name(path);
-        Ok(Engine { model, tokenizer, template, pool: ThreadPool::new(opts.threads), max_context, name })
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            pool: ThreadPool::new(opts.threads),
+            max_context,
+            name,
+        })
     }
 
     /// Starts generating; iterate the result for tokens.
@@ -148,18 +173,30 @@ impl Engine {
     }
 
     /// Renders `messages` with the chat template and tokenizes the result.
-    pub fn chat_prompt(&self, messages: &[serde_json::Value], extra: Option<&serde_json::Value>) -> Result<(String, Vec<u32>)> {
-        let t = self.template.as_ref().ok_or_else(|| EngineError::Template("this model has no chat template".into()))?;
+    pub fn chat_prompt(
+        &self,
+        messages: &[serde_json::Value],
+        extra: Option<&serde_json::Value>,
+    ) -> Result<(String, Vec<u32>)> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| EngineError::Template("this model has no chat template".into()))?;
         let text = t.render(messages, true, extra)?;
         // A template that writes the BOS token itself must not get a second.
-        let starts_with_bos = self.tokenizer.bos.is_some_and(|b| text.starts_with(&self.tokenizer.token_text(b)));
+        let starts_with_bos = self
+            .tokenizer
+            .bos
+            .is_some_and(|b| text.starts_with(&self.tokenizer.token_text(b)));
         let ids = self.tokenizer.encode(&text, !starts_with_bos, true)?;
         Ok((text, ids))
     }
 }
 
 fn hf_template(dir: &Path) -> Option<String> {
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?).ok()?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?)
+            .ok()?;
     match &cfg["chat_template"] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(list) => list
@@ -173,6 +210,10 @@ fn hf_template(dir: &Path) -> Option<String> {
 }
 
 fn model_name(path: &Path) -> String {
-    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
     stem.and_then(|s| s.to_str()).unwrap_or("model").to_string()
 }

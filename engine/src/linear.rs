@@ -21,7 +21,12 @@ impl Linear {
     /// Wraps `t`, checking it is `rows x cols`.
     pub(crate) fn new(t: TensorRef, rows: usize, cols: usize) -> Result<Self> {
         if t.shape != [rows, cols] {
-            return Err(EngineError::TensorShape { path: t.path().to_path_buf(), tensor: t.name.clone(), expected: vec![rows, cols], actual: t.shape.clone() });
+            return Err(EngineError::TensorShape {
+                path: t.path().to_path_buf(),
+                tensor: t.name.clone(),
+                expected: vec![rows, cols],
+                actual: t.shape.clone(),
+            });
         }
         let native = t.ty.kernel_type();
         if let Some(ty) = native {
@@ -29,18 +34,36 @@ impl Linear {
             WeightRef::new(ty, t.bytes(), rows, cols)?;
         } else {
             if cols % t.ty.block().0 != 0 {
-                return Err(EngineError::format(t.path(), format!("tensor `{}`: {cols} columns is not a whole number of {:?} blocks", t.name, t.ty)));
+                return Err(EngineError::format(
+                    t.path(),
+                    format!(
+                        "tensor `{}`: {cols} columns is not a whole number of {:?} blocks",
+                        t.name, t.ty
+                    ),
+                ));
             }
             if !crate::kquant::aligned(t.ty, t.bytes()) {
-                return Err(EngineError::format(t.path(), format!("tensor `{}`: data is not aligned for {:?} blocks", t.name, t.ty)));
+                return Err(EngineError::format(
+                    t.path(),
+                    format!(
+                        "tensor `{}`: data is not aligned for {:?} blocks",
+                        t.name, t.ty
+                    ),
+                ));
             }
         }
-        Ok(Linear { t, native, rows, cols })
+        Ok(Linear {
+            t,
+            native,
+            rows,
+            cols,
+        })
     }
 
     fn weight(&self) -> Option<WeightRef<'_>> {
         // Checked in `new`; the mapping cannot change size.
-        self.native.and_then(|ty| WeightRef::new(ty, self.t.bytes(), self.rows, self.cols).ok())
+        self.native
+            .and_then(|ty| WeightRef::new(ty, self.t.bytes(), self.rows, self.cols).ok())
     }
 
     /// Dequantizes row `r` (embedding lookup).
@@ -61,14 +84,25 @@ impl Linear {
 /// Multiplies `x` (`n x cols`) by several weights that share it, writing
 /// each output (`n x rows`). Weights of our kernel types share one
 /// activation quantization and one parallel dispatch.
-pub(crate) fn matmul_group(pool: &ThreadPool, acts: &mut Activations, x: &[f32], n: usize, jobs: &mut [(&Linear, &mut [f32])]) {
+pub(crate) fn matmul_group(
+    pool: &ThreadPool,
+    acts: &mut Activations,
+    x: &[f32],
+    n: usize,
+    jobs: &mut [(&Linear, &mut [f32])],
+) {
     let cols = jobs[0].0.cols;
     let fmt = jobs[0].0.act_format();
-    let shared = fmt.is_some() && jobs.iter().all(|(l, _)| l.act_format() == fmt && l.cols == cols);
+    let shared = fmt.is_some()
+        && jobs
+            .iter()
+            .all(|(l, _)| l.act_format() == fmt && l.cols == cols);
     if let (true, Some(fmt)) = (shared, fmt) {
         acts.prepare(x, n, cols, fmt);
-        let mut refs: Vec<(WeightRef<'_>, &mut [f32])> =
-            jobs.iter_mut().filter_map(|(l, y)| l.weight().map(|w| (w, &mut **y))).collect();
+        let mut refs: Vec<(WeightRef<'_>, &mut [f32])> = jobs
+            .iter_mut()
+            .filter_map(|(l, y)| l.weight().map(|w| (w, &mut **y)))
+            .collect();
         matmul_many(pool, &mut refs, acts);
         return;
     }

@@ -52,7 +52,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.path).field("config", &self.config).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -117,7 +120,12 @@ fn vector(src: &dyn TensorSource, name: &str, len: usize) -> Result<Vec<f32>> {
 
 fn check_vector(t: &TensorRef, len: usize) -> Result<()> {
     if t.elems() != len || t.shape.iter().filter(|&&d| d != 1).count() > 1 {
-        return Err(EngineError::TensorShape { path: t.path().to_path_buf(), tensor: t.name.clone(), expected: vec![len], actual: t.shape.clone() });
+        return Err(EngineError::TensorShape {
+            path: t.path().to_path_buf(),
+            tensor: t.name.clone(),
+            expected: vec![len],
+            actual: t.shape.clone(),
+        });
     }
     Ok(())
 }
@@ -147,17 +155,31 @@ impl Model {
         Self::build(config, g, Names::Gguf, tied, path)
     }
 
-    fn build(config: ModelConfig, src: &dyn TensorSource, names: Names, tied: bool, path: &Path) -> Result<Self> {
+    fn build(
+        config: ModelConfig,
+        src: &dyn TensorSource,
+        names: Names,
+        tied: bool,
+        path: &Path,
+    ) -> Result<Self> {
         let c = &config;
         let (d, q_out, kv_out) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let lin = |name: &str, rows, cols| Linear::new(src.require(name)?, rows, cols);
         let embed = lin(names.global("embed"), c.vocab, d)?;
-        let output = if tied { embed.clone() } else { lin(names.global("output"), c.vocab, d)? };
+        let output = if tied {
+            embed.clone()
+        } else {
+            lin(names.global("output"), c.vocab, d)?
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |w: &str| names.layer(i, w);
             let bias = |w: &str, len| -> Result<Option<Vec<f32>>> {
-                if c.qkv_bias { vector(src, &n(w), len).map(Some) } else { Ok(None) }
+                if c.qkv_bias {
+                    vector(src, &n(w), len).map(Some)
+                } else {
+                    Ok(None)
+                }
             };
             layers.push(Layer {
                 attn_norm: vector(src, &n("attn_norm"), d)?,
@@ -175,8 +197,22 @@ impl Model {
             });
         }
         let norm = vector(src, names.global("norm"), d)?;
-        let rope = Rope::new(c.rope_dims, c.rope_theta, c.rope_style, c.rope_freq_scale, c.rope_freq_factors.as_deref());
-        Ok(Model { config, path: path.to_path_buf(), embed, layers, norm, output, rope })
+        let rope = Rope::new(
+            c.rope_dims,
+            c.rope_theta,
+            c.rope_style,
+            c.rope_freq_scale,
+            c.rope_freq_factors.as_deref(),
+        );
+        Ok(Model {
+            config,
+            path: path.to_path_buf(),
+            embed,
+            layers,
+            norm,
+            output,
+            rope,
+        })
     }
 
     /// Runs `tokens` at positions `start..start + tokens.len()` of the
@@ -194,37 +230,72 @@ impl Model {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
-            return Err(EngineError::InvalidParameter { field: "tokens", message: "no tokens to evaluate".into() });
+            return Err(EngineError::InvalidParameter {
+                field: "tokens",
+                message: "no tokens to evaluate".into(),
+            });
         }
         if start + n > cache.capacity {
-            return Err(EngineError::ContextLength { prompt: start + n, max_tokens: 0, context: cache.capacity });
+            return Err(EngineError::ContextLength {
+                prompt: start + n,
+                max_tokens: 0,
+                context: cache.capacity,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-            return Err(EngineError::InvalidParameter { field: "tokens", message: format!("token id {bad} is outside the vocabulary (0..{})", c.vocab) });
+            return Err(EngineError::InvalidParameter {
+                field: "tokens",
+                message: format!("token id {bad} is outside the vocabulary (0..{})", c.vocab),
+            });
         }
         let (d, hd, nh, nkv) = (c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);
         ws.resize(c, n);
         for (t, &tok) in tokens.iter().enumerate() {
-            self.embed.row_f32(tok as usize, &mut ws.x[t * d..(t + 1) * d]);
+            self.embed
+                .row_f32(tok as usize, &mut ws.x[t * d..(t + 1) * d]);
         }
         let half = c.rope_dims / 2;
         for t in 0..n {
-            let (cs, sn) = (&mut ws.cos[t * half..(t + 1) * half], &mut ws.sin[t * half..(t + 1) * half]);
+            let (cs, sn) = (
+                &mut ws.cos[t * half..(t + 1) * half],
+                &mut ws.sin[t * half..(t + 1) * half],
+            );
             self.rope.angles(start + t, cs, sn);
         }
-        let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale: 1.0 / (hd as f32).sqrt() };
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&ws.x, &l.attn_norm, c.rms_eps, &mut ws.h);
-            matmul_group(pool, &mut ws.acts, &ws.h, n, &mut [(&l.wq, &mut ws.q), (&l.wk, &mut ws.k), (&l.wv, &mut ws.v)]);
-            for (buf, bias, width) in [(&mut ws.q, &l.bq, nh * hd), (&mut ws.k, &l.bk, nkv * hd), (&mut ws.v, &l.bv, nkv * hd)] {
+            matmul_group(
+                pool,
+                &mut ws.acts,
+                &ws.h,
+                n,
+                &mut [(&l.wq, &mut ws.q), (&l.wk, &mut ws.k), (&l.wv, &mut ws.v)],
+            );
+            for (buf, bias, width) in [
+                (&mut ws.q, &l.bq, nh * hd),
+                (&mut ws.k, &l.bk, nkv * hd),
+                (&mut ws.v, &l.bv, nkv * hd),
+            ] {
                 if let Some(b) = bias {
-                    buf.chunks_exact_mut(width).for_each(|row| add_assign(row, b));
+                    buf.chunks_exact_mut(width)
+                        .for_each(|row| add_assign(row, b));
                 }
             }
             for t in 0..n {
-                let (cs, sn) = (&ws.cos[t * half..(t + 1) * half], &ws.sin[t * half..(t + 1) * half]);
-                self.rope.apply(&mut ws.q[t * nh * hd..(t + 1) * nh * hd], hd, cs, sn);
-                self.rope.apply(&mut ws.k[t * nkv * hd..(t + 1) * nkv * hd], hd, cs, sn);
+                let (cs, sn) = (
+                    &ws.cos[t * half..(t + 1) * half],
+                    &ws.sin[t * half..(t + 1) * half],
+                );
+                self.rope
+                    .apply(&mut ws.q[t * nh * hd..(t + 1) * nh * hd], hd, cs, sn);
+                self.rope
+                    .apply(&mut ws.k[t * nkv * hd..(t + 1) * nkv * hd], hd, cs, sn);
             }
             cache.write(li, start, &ws.k, &ws.v);
             let (kc, vc) = cache.layer(li, start + n);
@@ -232,18 +303,41 @@ impl Model {
             matmul_group(pool, &mut ws.acts, &ws.attn, n, &mut [(&l.wo, &mut ws.o)]);
             add_assign(&mut ws.x, &ws.o);
             rms_norm(&ws.x, &l.ffn_norm, c.rms_eps, &mut ws.h);
-            matmul_group(pool, &mut ws.acts, &ws.h, n, &mut [(&l.w_gate, &mut ws.gate), (&l.w_up, &mut ws.up)]);
+            matmul_group(
+                pool,
+                &mut ws.acts,
+                &ws.h,
+                n,
+                &mut [(&l.w_gate, &mut ws.gate), (&l.w_up, &mut ws.up)],
+            );
             silu_mul(&mut ws.gate, &ws.up);
-            matmul_group(pool, &mut ws.acts, &ws.gate, n, &mut [(&l.w_down, &mut ws.o)]);
+            matmul_group(
+                pool,
+                &mut ws.acts,
+                &ws.gate,
+                n,
+                &mut [(&l.w_down, &mut ws.o)],
+            );
             add_assign(&mut ws.x, &ws.o);
         }
         cache.len = start + n;
         let rows = if all_logits { n } else { 1 };
         let first = n - rows;
-        rms_norm(&ws.x[first * d..], &self.norm, c.rms_eps, &mut ws.h[..rows * d]);
+        rms_norm(
+            &ws.x[first * d..],
+            &self.norm,
+            c.rms_eps,
+            &mut ws.h[..rows * d],
+        );
         ws.logits.resize(rows * c.vocab, 0.0);
         let h = std::mem::take(&mut ws.h);
-        matmul_group(pool, &mut ws.acts, &h[..rows * d], rows, &mut [(&self.output, &mut ws.logits)]);
+        matmul_group(
+            pool,
+            &mut ws.acts,
+            &h[..rows * d],
+            rows,
+            &mut [(&self.output, &mut ws.logits)],
+        );
         ws.h = h;
         Ok(&ws.logits)
     }
@@ -305,8 +399,18 @@ impl KvCache {
         let width = config.n_kv_heads * config.head_dim;
         // Zeroed u16 allocations come from calloc: pages are mapped lazily,
         // so a large capacity costs nothing until positions are written.
-        let mk = || (0..config.n_layers).map(|_| vec![0u16; capacity * width].reinterpret_into::<f16>()).collect();
-        KvCache { k: mk(), v: mk(), width, capacity, len: 0 }
+        let mk = || {
+            (0..config.n_layers)
+                .map(|_| vec![0u16; capacity * width].reinterpret_into::<f16>())
+                .collect()
+        };
+        KvCache {
+            k: mk(),
+            v: mk(),
+            width,
+            capacity,
+            len: 0,
+        }
     }
 
     /// Forgets positions from `len` on (they will be overwritten).
@@ -326,6 +430,9 @@ impl KvCache {
     }
 
     fn layer(&self, layer: usize, len: usize) -> (&[f16], &[f16]) {
-        (&self.k[layer][..len * self.width], &self.v[layer][..len * self.width])
+        (
+            &self.k[layer][..len * self.width],
+            &self.v[layer][..len * self.width],
+        )
     }
 }

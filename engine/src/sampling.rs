@@ -60,34 +60,55 @@ impl SamplingParams {
     pub fn validate(&self, vocab: usize) -> Result<()> {
         let bad = |field, message: String| Err(EngineError::InvalidParameter { field, message });
         if !(0.0..=2.0).contains(&self.temperature) {
-            return bad("temperature", format!("must be between 0 and 2, got {}", self.temperature));
+            return bad(
+                "temperature",
+                format!("must be between 0 and 2, got {}", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p", format!("must be between 0 and 1, got {}", self.min_p));
+            return bad(
+                "min_p",
+                format!("must be between 0 and 1, got {}", self.min_p),
+            );
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
-            return bad("repetition_penalty", format!("must be in (0, 10], got {}", self.repetition_penalty));
+            return bad(
+                "repetition_penalty",
+                format!("must be in (0, 10], got {}", self.repetition_penalty),
+            );
         }
-        for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !(-2.0..=2.0).contains(&v) {
                 return bad(field, format!("must be between -2 and 2, got {v}"));
             }
         }
         for &(tok, b) in &self.logit_bias {
             if tok as usize >= vocab {
-                return bad("logit_bias", format!("token id {tok} is outside the vocabulary (0..{vocab})"));
+                return bad(
+                    "logit_bias",
+                    format!("token id {tok} is outside the vocabulary (0..{vocab})"),
+                );
             }
             if !(-100.0..=100.0).contains(&b) {
-                return bad("logit_bias", format!("bias for token {tok} must be between -100 and 100, got {b}"));
+                return bad(
+                    "logit_bias",
+                    format!("bias for token {tok} must be between -100 and 100, got {b}"),
+                );
             }
         }
         if let Some(k) = self.logprobs
             && k > MAX_TOP_LOGPROBS
         {
-            return bad("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {k}"));
+            return bad(
+                "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {k}"),
+            );
         }
         Ok(())
     }
@@ -125,8 +146,18 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        let seen = if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { Default::default() };
-        Sampler { params, rng, counts: HashMap::new(), seen, probs: Vec::new() }
+        let seen = if params.repetition_penalty != 1.0 {
+            prompt.iter().copied().collect()
+        } else {
+            Default::default()
+        };
+        Sampler {
+            params,
+            rng,
+            counts: HashMap::new(),
+            seen,
+            probs: Vec::new(),
+        }
     }
 
     /// The parameters in use.
@@ -145,7 +176,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -162,12 +197,19 @@ impl Sampler {
             let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
             let lse = max + (sum as f32).ln();
             if k > 0 {
-                top = top_k_indices(logits, k).into_iter().map(|i| (i, logits[i as usize] - lse)).collect();
+                top = top_k_indices(logits, k)
+                    .into_iter()
+                    .map(|i| (i, logits[i as usize] - lse))
+                    .collect();
             }
             lse
         });
         let greedy = p.temperature == 0.0;
-        let token = if greedy { argmax(logits) } else { self.sample_random(logits) };
+        let token = if greedy {
+            argmax(logits)
+        } else {
+            self.sample_random(logits)
+        };
         if let Some(lse) = lse {
             logprob = Some(logits[token as usize] - lse);
         }
@@ -175,7 +217,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             self.seen.insert(token);
         }
-        Sampled { token, logprob, top }
+        Sampled {
+            token,
+            logprob,
+            top,
+        }
     }
 
     fn sample_random(&mut self, logits: &[f32]) -> u32 {
@@ -183,7 +229,12 @@ impl Sampler {
         let inv_t = 1.0 / p.temperature;
         let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
-        self.probs.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())));
+        self.probs.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())),
+        );
         let by_prob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < self.probs.len() {
             self.probs.select_nth_unstable_by(p.top_k - 1, by_prob_desc);
@@ -234,7 +285,9 @@ pub fn argmax(xs: &[f32]) -> u32 {
 fn top_k_indices(xs: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..xs.len() as u32).collect();
     let k = k.min(idx.len());
-    idx.select_nth_unstable_by(k - 1, |&a, &b| xs[b as usize].total_cmp(&xs[a as usize]).then(a.cmp(&b)));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        xs[b as usize].total_cmp(&xs[a as usize]).then(a.cmp(&b))
+    });
     idx.truncate(k);
     idx.sort_unstable_by(|&a, &b| xs[b as usize].total_cmp(&xs[a as usize]).then(a.cmp(&b)));
     idx
@@ -250,7 +303,13 @@ mod tests {
 
     #[test]
     fn greedy_picks_argmax_and_reports_logprobs() {
-        let mut s = Sampler::new(SamplingParams { logprobs: Some(3), ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                logprobs: Some(3),
+                ..Default::default()
+            },
+            &[],
+        );
         let mut l = logits();
         let out = s.sample(&mut l);
         assert_eq!(out.token, argmax(&logits()));
@@ -263,8 +322,17 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_different_seed_differs() {
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.5, seed: Some(seed), ..Default::default() }, &[]);
-            (0..50).map(|_| s.sample(&mut logits()).token).collect::<Vec<_>>()
+            let mut s = Sampler::new(
+                SamplingParams {
+                    temperature: 1.5,
+                    seed: Some(seed),
+                    ..Default::default()
+                },
+                &[],
+            );
+            (0..50)
+                .map(|_| s.sample(&mut logits()).token)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -272,7 +340,15 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, seed: Some(3), ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
+                seed: Some(3),
+                ..Default::default()
+            },
+            &[],
+        );
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits()).token, argmax(&logits()));
         }
@@ -280,11 +356,27 @@ mod tests {
 
     #[test]
     fn top_p_and_min_p_restrict_support() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.05, seed: Some(4), ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.05,
+                seed: Some(4),
+                ..Default::default()
+            },
+            &[],
+        );
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits()).token, argmax(&logits()));
         }
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: Some(5), ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                min_p: 0.5,
+                seed: Some(5),
+                ..Default::default()
+            },
+            &[],
+        );
         let l = logits();
         let max = l.iter().cloned().fold(f32::MIN, f32::max);
         for _ in 0..50 {
@@ -295,24 +387,54 @@ mod tests {
 
     #[test]
     fn logit_bias_and_penalties_steer() {
-        let mut s = Sampler::new(SamplingParams { logit_bias: vec![(5, 100.0)], ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(5, 100.0)],
+                ..Default::default()
+            },
+            &[],
+        );
         assert_eq!(s.sample(&mut logits()).token, 5);
         let best = argmax(&logits());
-        let mut s = Sampler::new(SamplingParams { frequency_penalty: 2.0, ..Default::default() }, &[]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                frequency_penalty: 2.0,
+                ..Default::default()
+            },
+            &[],
+        );
         let first = s.sample(&mut logits()).token;
         assert_eq!(first, best);
         // After several picks the penalty pushes the top token down.
         let picks: Vec<u32> = (0..5).map(|_| s.sample(&mut logits()).token).collect();
         assert!(picks.iter().any(|&t| t != best), "{picks:?}");
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 10.0, ..Default::default() }, &[best]);
+        let mut s = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 10.0,
+                ..Default::default()
+            },
+            &[best],
+        );
         assert_ne!(s.sample(&mut logits()).token, best);
     }
 
     #[test]
     fn validation_names_the_field() {
-        let e = SamplingParams { temperature: 3.0, ..Default::default() }.validate(10).unwrap_err().to_string();
+        let e = SamplingParams {
+            temperature: 3.0,
+            ..Default::default()
+        }
+        .validate(10)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("temperature") && e.contains('3'), "{e}");
-        let e = SamplingParams { logit_bias: vec![(99, 1.0)], ..Default::default() }.validate(10).unwrap_err().to_string();
+        let e = SamplingParams {
+            logit_bias: vec![(99, 1.0)],
+            ..Default::default()
+        }
+        .validate(10)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("99"), "{e}");
     }
 }

@@ -22,7 +22,10 @@ pub enum StopEvent {
 impl StopStrings {
     /// Watches for `stops` (empty strings are ignored).
     pub fn new(stops: Vec<String>) -> Self {
-        StopStrings { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        StopStrings {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
     }
 
     /// Adds generated text.
@@ -31,7 +34,11 @@ impl StopStrings {
         if self.stops.is_empty() {
             return StopEvent::Text(std::mem::take(&mut self.held));
         }
-        let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(at) = first {
             let out = self.held[..at].to_string();
             self.held.clear();

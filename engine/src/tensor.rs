@@ -52,11 +52,15 @@ impl TensorType {
     /// Name of a ggml type id for error messages (also for ones we refuse).
     pub fn ggml_name(id: u32) -> String {
         let known = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-            "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64",
-            "F64", "IQ1_M", "BF16",
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+            "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+            "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+            "BF16",
         ];
-        known.get(id as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("type id {id}"))
+        known
+            .get(id as usize)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| format!("type id {id}"))
     }
 
     /// (elements per block, bytes per block).
@@ -110,14 +114,20 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Arc<Self>> {
-        let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+        let io = |source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a concurrent truncation of the model
         // file by another process is outside what we defend against (the
         // model directory is operator-owned and should be read-only).
         #[allow(unsafe_code)]
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Ok(Arc::new(MappedFile { path: path.to_path_buf(), mmap }))
+        Ok(Arc::new(MappedFile {
+            path: path.to_path_buf(),
+            mmap,
+        }))
     }
 
     /// The whole file.
@@ -144,18 +154,33 @@ pub struct TensorRef {
 impl TensorRef {
     /// Builds a view after checking the byte range fits the file and the
     /// shape.
-    pub fn new(name: String, ty: TensorType, shape: Vec<usize>, file: Arc<MappedFile>, offset: usize, len: usize) -> Result<Self> {
+    pub fn new(
+        name: String,
+        ty: TensorType,
+        shape: Vec<usize>,
+        file: Arc<MappedFile>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self> {
         let elems: usize = shape.iter().product();
         let need = ty.bytes_for(elems).ok_or_else(|| {
-            EngineError::format(&file.path, format!("tensor `{name}`: {elems} elements is not a whole number of {ty:?} blocks"))
+            EngineError::format(
+                &file.path,
+                format!("tensor `{name}`: {elems} elements is not a whole number of {ty:?} blocks"),
+            )
         })?;
         if need != len {
             return Err(EngineError::format(
                 &file.path,
-                format!("tensor `{name}`: shape {shape:?} of {ty:?} needs {need} bytes, the file gives {len}"),
+                format!(
+                    "tensor `{name}`: shape {shape:?} of {ty:?} needs {need} bytes, the file gives {len}"
+                ),
             ));
         }
-        if offset.checked_add(len).is_none_or(|end| end > file.bytes().len()) {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > file.bytes().len())
+        {
             return Err(EngineError::format(
                 &file.path,
                 format!(
@@ -165,7 +190,14 @@ impl TensorRef {
                 ),
             ));
         }
-        Ok(TensorRef { name, ty, shape, file, offset, len })
+        Ok(TensorRef {
+            name,
+            ty,
+            shape,
+            file,
+            offset,
+            len,
+        })
     }
 
     /// The tensor's raw bytes.
@@ -203,6 +235,9 @@ pub trait TensorSource {
 
     /// The tensor called `name`, or a `MissingTensor` error.
     fn require(&self, name: &str) -> Result<TensorRef> {
-        self.tensor(name).ok_or_else(|| EngineError::MissingTensor { path: self.origin().to_path_buf(), tensor: name.to_string() })
+        self.tensor(name).ok_or_else(|| EngineError::MissingTensor {
+            path: self.origin().to_path_buf(),
+            tensor: name.to_string(),
+        })
     }
 }

@@ -35,7 +35,15 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        TinySpec { layers: 2, hidden: 256, heads: 4, kv_heads: 2, ffn: 512, tied: true, seed: 42 }
+        TinySpec {
+            layers: 2,
+            hidden: 256,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 512,
+            tied: true,
+            seed: 42,
+        }
     }
 }
 
@@ -52,12 +60,17 @@ pub enum TinyType {
 
 /// The tiny vocabulary: 256 byte tokens, a few merges, two specials.
 pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
-    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
     tokens.extend(crate::tokenizer::byte_chars().iter().map(|c| c.to_string()));
-    let merges: Vec<(String, String)> = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let merges: Vec<(String, String)> =
+        [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
     for (a, b) in &merges {
         tokens.push(format!("{a}{b}"));
     }
@@ -77,21 +90,69 @@ fn weights(s: &TinySpec) -> Weights {
     let hd = s.hidden / s.heads;
     let mut m = |rows: usize, cols: usize| -> Vec<f32> {
         let scale = 1.0 / (cols as f32).sqrt();
-        (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0) * scale * 1.7).collect()
+        (0..rows * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale * 1.7)
+            .collect()
     };
-    let mut mats = vec![("model.embed_tokens.weight".to_string(), vocab, s.hidden, m(vocab, s.hidden))];
+    let mut mats = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vocab,
+        s.hidden,
+        m(vocab, s.hidden),
+    )];
     let mut vecs = Vec::new();
     for i in 0..s.layers {
         let p = format!("model.layers.{i}.");
-        mats.push((format!("{p}self_attn.q_proj.weight"), s.heads * hd, s.hidden, m(s.heads * hd, s.hidden)));
-        mats.push((format!("{p}self_attn.k_proj.weight"), s.kv_heads * hd, s.hidden, m(s.kv_heads * hd, s.hidden)));
-        mats.push((format!("{p}self_attn.v_proj.weight"), s.kv_heads * hd, s.hidden, m(s.kv_heads * hd, s.hidden)));
-        mats.push((format!("{p}self_attn.o_proj.weight"), s.hidden, s.heads * hd, m(s.hidden, s.heads * hd)));
-        mats.push((format!("{p}mlp.gate_proj.weight"), s.ffn, s.hidden, m(s.ffn, s.hidden)));
-        mats.push((format!("{p}mlp.up_proj.weight"), s.ffn, s.hidden, m(s.ffn, s.hidden)));
-        mats.push((format!("{p}mlp.down_proj.weight"), s.hidden, s.ffn, m(s.hidden, s.ffn)));
-        vecs.push((format!("{p}input_layernorm.weight"), (0..s.hidden).map(|j| 1.0 + (j % 7) as f32 * 0.05).collect()));
-        vecs.push((format!("{p}post_attention_layernorm.weight"), (0..s.hidden).map(|j| 1.0 - (j % 5) as f32 * 0.05).collect()));
+        mats.push((
+            format!("{p}self_attn.q_proj.weight"),
+            s.heads * hd,
+            s.hidden,
+            m(s.heads * hd, s.hidden),
+        ));
+        mats.push((
+            format!("{p}self_attn.k_proj.weight"),
+            s.kv_heads * hd,
+            s.hidden,
+            m(s.kv_heads * hd, s.hidden),
+        ));
+        mats.push((
+            format!("{p}self_attn.v_proj.weight"),
+            s.kv_heads * hd,
+            s.hidden,
+            m(s.kv_heads * hd, s.hidden),
+        ));
+        mats.push((
+            format!("{p}self_attn.o_proj.weight"),
+            s.hidden,
+            s.heads * hd,
+            m(s.hidden, s.heads * hd),
+        ));
+        mats.push((
+            format!("{p}mlp.gate_proj.weight"),
+            s.ffn,
+            s.hidden,
+            m(s.ffn, s.hidden),
+        ));
+        mats.push((
+            format!("{p}mlp.up_proj.weight"),
+            s.ffn,
+            s.hidden,
+            m(s.ffn, s.hidden),
+        ));
+        mats.push((
+            format!("{p}mlp.down_proj.weight"),
+            s.hidden,
+            s.ffn,
+            m(s.hidden, s.ffn),
+        ));
+        vecs.push((
+            format!("{p}input_layernorm.weight"),
+            (0..s.hidden).map(|j| 1.0 + (j % 7) as f32 * 0.05).collect(),
+        ));
+        vecs.push((
+            format!("{p}post_attention_layernorm.weight"),
+            (0..s.hidden).map(|j| 1.0 - (j % 5) as f32 * 0.05).collect(),
+        ));
     }
     vecs.push(("model.norm.weight".into(), vec![1.0; s.hidden]));
     if !s.tied {
@@ -146,7 +207,12 @@ fn encode(ty: TinyType, rows: usize, cols: usize, w: &[f32]) -> (u32, Vec<u8>) {
             T::from_float(row, &mut blocks);
             // SAFETY: candle's block types are plain `repr(C)` data.
             #[allow(unsafe_code)]
-            let bytes = unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks.as_slice())) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    blocks.as_ptr() as *const u8,
+                    std::mem::size_of_val(blocks.as_slice()),
+                )
+            };
             out.extend_from_slice(bytes);
         }
         out
@@ -162,7 +228,10 @@ fn encode(ty: TinyType, rows: usize, cols: usize, w: &[f32]) -> (u32, Vec<u8>) {
                 WeightType::Q8_0 => 8,
                 WeightType::BF16 => 30,
             };
-            (id, w.chunks(cols).flat_map(|r| quantize_row(t, r)).collect())
+            (
+                id,
+                w.chunks(cols).flat_map(|r| quantize_row(t, r)).collect(),
+            )
         }
         TinyType::Q4K => (12, kq::<BlockQ4K>(w, cols)),
         TinyType::Q6K => (14, kq::<BlockQ6K>(w, cols)),
@@ -182,14 +251,32 @@ pub fn write_gguf(dir: &Path, spec: &TinySpec, ty: TinyType) -> PathBuf {
     g.meta("llama.embedding_length", Value::U32(spec.hidden as u32));
     g.meta("llama.feed_forward_length", Value::U32(spec.ffn as u32));
     g.meta("llama.attention.head_count", Value::U32(spec.heads as u32));
-    g.meta("llama.attention.head_count_kv", Value::U32(spec.kv_heads as u32));
+    g.meta(
+        "llama.attention.head_count_kv",
+        Value::U32(spec.kv_heads as u32),
+    );
     g.meta("llama.rope.freq_base", Value::F32(10000.0));
     g.meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
     g.meta("tokenizer.ggml.model", s("gpt2"));
     g.meta("tokenizer.ggml.pre", s("smollm"));
-    g.meta("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| s(t)).collect()));
-    g.meta("tokenizer.ggml.token_type", Value::Array(tokens.iter().enumerate().map(|(i, _)| Value::I32(if i < 3 { 3 } else { 1 })).collect()));
-    g.meta("tokenizer.ggml.merges", Value::Array(merges.iter().map(|(a, b)| s(&format!("{a} {b}"))).collect()));
+    g.meta(
+        "tokenizer.ggml.tokens",
+        Value::Array(tokens.iter().map(|t| s(t)).collect()),
+    );
+    g.meta(
+        "tokenizer.ggml.token_type",
+        Value::Array(
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, _)| Value::I32(if i < 3 { 3 } else { 1 }))
+                .collect(),
+        ),
+    );
+    g.meta(
+        "tokenizer.ggml.merges",
+        Value::Array(merges.iter().map(|(a, b)| s(&format!("{a} {b}"))).collect()),
+    );
     g.meta("tokenizer.ggml.bos_token_id", Value::U32(1));
     g.meta("tokenizer.ggml.eos_token_id", Value::U32(2));
     g.meta("tokenizer.chat_template", s(TINY_TEMPLATE));
@@ -202,12 +289,21 @@ pub fn write_gguf(dir: &Path, spec: &TinySpec, ty: TinyType) -> PathBuf {
             vals.clone()
         };
         // The embedding is looked up row by row; keep it in a native type.
-        let t = if name.contains("embed") && !matches!(ty, TinyType::Native(_)) { TinyType::Native(WeightType::Q8_0) } else { ty };
+        let t = if name.contains("embed") && !matches!(ty, TinyType::Native(_)) {
+            TinyType::Native(WeightType::Q8_0)
+        } else {
+            ty
+        };
         let (id, bytes) = encode(t, *rows, *cols, &vals);
         g.tensor(&gguf_name(name), &[*rows, *cols], id, bytes);
     }
     for (name, vals) in &w.vecs {
-        g.tensor(&gguf_name(name), &[vals.len()], 0, vals.iter().flat_map(|v| v.to_le_bytes()).collect());
+        g.tensor(
+            &gguf_name(name),
+            &[vals.len()],
+            0,
+            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
     }
     let _ = w.vocab;
     let path = dir.join("tiny.gguf");
@@ -227,17 +323,36 @@ pub fn write_hf(dir: &Path, spec: &TinySpec) -> PathBuf {
     std::fs::create_dir_all(dir).expect("creating the model directory");
     let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, rows, cols, vals) in &w.mats {
-        all.push((name.clone(), vec![*rows, *cols], vals.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        all.push((
+            name.clone(),
+            vec![*rows, *cols],
+            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
     for (name, vals) in &w.vecs {
-        all.push((name.clone(), vec![vals.len()], vals.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        all.push((
+            name.clone(),
+            vec![vals.len()],
+            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
     let half = all.len() / 2;
     for (i, part) in [&all[..half], &all[half..]].into_iter().enumerate() {
-        let views: Vec<(String, TensorView<'_>)> =
-            part.iter().map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).expect("valid view"))).collect();
+        let views: Vec<(String, TensorView<'_>)> = part
+            .iter()
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), d).expect("valid view"),
+                )
+            })
+            .collect();
         let bytes = safetensors::serialize(views, None).expect("serializing safetensors");
-        std::fs::write(dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)), bytes).expect("writing a shard");
+        std::fs::write(
+            dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            bytes,
+        )
+        .expect("writing a shard");
     }
     let config = serde_json::json!({
         "model_type": "llama", "hidden_size": spec.hidden, "intermediate_size": spec.ffn,
@@ -247,7 +362,11 @@ pub fn write_hf(dir: &Path, spec: &TinySpec) -> PathBuf {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).expect("writing config.json");
     let (tokens, merges) = tiny_vocab();
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i.into()))
+        .collect();
     let tok = serde_json::json!({
         "version": "1.0",
         "truncation": null,
@@ -266,6 +385,7 @@ pub fn write_hf(dir: &Path, spec: &TinySpec) -> PathBuf {
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).expect("writing tokenizer.json");
     let cfg = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false, "chat_template": TINY_TEMPLATE});
-    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).expect("writing tokenizer_config.json");
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string())
+        .expect("writing tokenizer_config.json");
     dir.to_path_buf()
 }

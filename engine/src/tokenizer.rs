@@ -24,8 +24,16 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 /// Token texts that end a turn when they are control tokens (as llama.cpp
 /// treats them).
-const END_OF_GENERATION: &[&str] =
-    &["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "</s>", "<end_of_turn>", "<|eom_id|>"];
+const END_OF_GENERATION: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "</s>",
+    "<end_of_turn>",
+    "<|eom_id|>",
+];
 
 /// A tokenizer with its special tokens and per-token bytes.
 #[derive(Clone)]
@@ -48,7 +56,11 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab", &self.bytes.len()).field("bos", &self.bos).field("eos", &self.eos).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.bytes.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
     }
 }
 
@@ -59,7 +71,10 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 /// GPT-2's byte-to-character map (`bytes_to_unicode`): the character that
 /// stands for each byte in a byte-level BPE vocabulary.
 pub fn byte_chars() -> [char; 256] {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..=255u32 {
@@ -78,7 +93,11 @@ pub fn byte_chars() -> [char; 256] {
 
 /// GPT-2's byte-to-character map, inverted.
 fn byte_decoder() -> std::collections::HashMap<char, u8> {
-    byte_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+    byte_chars()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
 }
 
 impl Tokenizer {
@@ -95,22 +114,43 @@ impl Tokenizer {
             .get_str_array("tokenizer.ggml.merges")
             .map_err(tok_err)?
             .iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| tok_err(format!("malformed merge `{m}`"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(format!("malformed merge `{m}`")))
+            })
             .collect::<Result<_>>()?;
         let types: Vec<u64> = match g.get("tokenizer.ggml.token_type") {
             Some(Value::Array(v)) => v.iter().map(|x| x.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tok_err)?;
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let byte_level = ByteLevel::new(false, true, false);
         let pre_tok: PreTokenizerWrapper = match pre {
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva" => Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
+            "default" | "gpt2" | "gpt-2" | "phi-2" | "olmo" | "jais" => {
+                ByteLevel::new(false, true, true).into()
             }
-            "default" | "gpt2" | "gpt-2" | "phi-2" | "olmo" | "jais" => ByteLevel::new(false, true, true).into(),
-            "llama3" | "llama-bpe" | "smaug-bpe" | "falcon3" | "pixtral" => split_then_bytes(LLAMA3_REGEX)?,
+            "llama3" | "llama-bpe" | "smaug-bpe" | "falcon3" | "pixtral" => {
+                split_then_bytes(LLAMA3_REGEX)?
+            }
             "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_REGEX)?,
             other => {
                 return Err(EngineError::Tokenizer(format!(
@@ -128,10 +168,18 @@ impl Tokenizer {
             .map(|(t, _)| AddedToken::from(t.to_string(), true))
             .collect();
         inner.add_special_tokens(special).map_err(tok_err)?;
-        let get_id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        let get_id = |k: &str| {
+            g.get(k)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+                .filter(|&v| (v as usize) < tokens.len())
+        };
         let bos = get_id("tokenizer.ggml.bos_token_id");
         let eos = get_id("tokenizer.ggml.eos_token_id");
-        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        let add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let dec = byte_decoder();
         let mut special_ids = HashSet::new();
         let bytes: Vec<Vec<u8>> = tokens
@@ -143,11 +191,16 @@ impl Tokenizer {
                     special_ids.insert(i as u32);
                     t.as_bytes().to_vec()
                 } else {
-                    t.chars().map(|c| dec.get(&c).copied().unwrap_or(b'?')).collect()
+                    t.chars()
+                        .map(|c| dec.get(&c).copied().unwrap_or(b'?'))
+                        .collect()
                 }
             })
             .collect();
-        let mut stop_ids: Vec<u32> = eos.into_iter().chain(get_id("tokenizer.ggml.eot_token_id")).collect();
+        let mut stop_ids: Vec<u32> = eos
+            .into_iter()
+            .chain(get_id("tokenizer.ggml.eot_token_id"))
+            .collect();
         for (i, t) in tokens.iter().enumerate() {
             if types[i] == 3 && END_OF_GENERATION.contains(t) && !stop_ids.contains(&(i as u32)) {
                 stop_ids.push(i as u32);
@@ -159,24 +212,41 @@ impl Tokenizer {
     /// Loads `tokenizer.json` (and `tokenizer_config.json` beside it, for
     /// BOS/EOS and whether to add BOS).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
         // Fixed padding or truncation in a tokenizer.json (some embedding
         // models ship padding to 128) would change what we count and run.
         inner.with_padding(None);
         inner.with_truncation(None).map_err(tok_err)?;
-        let cfg = path.parent().map(|d| d.join("tokenizer_config.json")).and_then(|p| std::fs::read_to_string(p).ok());
-        let cfg: serde_json::Value = cfg.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let cfg = path
+            .parent()
+            .map(|d| d.join("tokenizer_config.json"))
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let cfg: serde_json::Value = cfg
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
         let token_str = |k: &str| match &cfg[k] {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+            serde_json::Value::Object(o) => {
+                o.get("content").and_then(|c| c.as_str()).map(String::from)
+            }
             _ => None,
         };
         let bos = token_str("bos_token").and_then(|s| inner.token_to_id(&s));
         let eos = token_str("eos_token").and_then(|s| inner.token_to_id(&s));
         let add_bos = cfg["add_bos_token"].as_bool().unwrap_or(false);
         let n = inner.get_vocab_size(true);
-        let special_ids: HashSet<u32> = inner.get_added_vocabulary().get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(i, _)| *i).collect();
-        let byte_level = matches!(inner.get_decoder(), Some(tokenizers::DecoderWrapper::ByteLevel(_)));
+        let special_ids: HashSet<u32> = inner
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(i, _)| *i)
+            .collect();
+        let byte_level = matches!(
+            inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
         let dec = byte_decoder();
         let bytes: Vec<Vec<u8>> = (0..n as u32)
             .map(|i| {
@@ -184,8 +254,14 @@ impl Tokenizer {
                 if special_ids.contains(&i) {
                     t.into_bytes()
                 } else if byte_level {
-                    t.chars().map(|c| dec.get(&c).copied().unwrap_or(b'?')).collect()
-                } else if let Some(b) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    t.chars()
+                        .map(|c| dec.get(&c).copied().unwrap_or(b'?'))
+                        .collect()
+                } else if let Some(b) = t
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     vec![b]
                 } else {
                     t.replace('\u{2581}', " ").into_bytes()
@@ -214,7 +290,16 @@ impl Tokenizer {
         stop_ids.sort_unstable();
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
-        Ok(Tokenizer { with_special: inner, plain, bytes, special, bos, eos, add_bos, stop_ids })
+        Ok(Tokenizer {
+            with_special: inner,
+            plain,
+            bytes,
+            special,
+            bos,
+            eos,
+            add_bos,
+            stop_ids,
+        })
     }
 
     /// Vocabulary size (including added tokens).
@@ -227,7 +312,11 @@ impl Tokenizer {
     /// without, they are tokenized as plain text. `add_bos` prepends the BOS
     /// token when the model wants one.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special { &self.with_special } else { &self.plain };
+        let t = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
         let enc = t.encode_fast(text, false).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
@@ -239,7 +328,10 @@ impl Tokenizer {
 
     /// The raw bytes of one token (special tokens: their text).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Whether `id` is a special (control) token.
@@ -267,8 +359,17 @@ impl Tokenizer {
 }
 
 fn split_then_bytes(regex: &str) -> Result<PreTokenizerWrapper> {
-    let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
-    Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+    let split = Split::new(
+        SplitPattern::Regex(regex.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    Ok(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
 }
 
 /// Turns a stream of token ids into text, emitting only complete UTF-8

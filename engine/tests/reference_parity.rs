@@ -13,28 +13,50 @@ use palisade_engine::{Engine, EngineOptions, GenerateRequest};
 use serde_json::Value;
 
 fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("PALISADE_MODEL").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/palisade/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    })?;
+    let p = std::env::var_os("PALISADE_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/palisade/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            })
+        })?;
     if p.exists() {
         return Some(p);
     }
-    assert!(std::env::var_os("CI").is_none(), "the default model is missing at {}: run scripts/fetch-model.sh", p.display());
-    eprintln!("skipping: the default model is not at {} (run scripts/fetch-model.sh)", p.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the default model is missing at {}: run scripts/fetch-model.sh",
+        p.display()
+    );
+    eprintln!(
+        "skipping: the default model is not at {} (run scripts/fetch-model.sh)",
+        p.display()
+    );
     None
 }
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn engine(p: PathBuf) -> Engine {
-    Engine::load(&EngineOptions { model: p, threads: 2, ..Default::default() }).unwrap()
+    Engine::load(&EngineOptions {
+        model: p,
+        threads: 2,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -48,7 +70,11 @@ fn tokenization_equals_llama_cpp_and_round_trips() {
             let text = case["text"].as_str().unwrap();
             let got = e.tokenizer().encode(text, false, special).unwrap();
             assert_eq!(got, ids(&case["ids"]), "text {text:?} (special={special})");
-            assert_eq!(e.tokenizer().decode(&got, false), text, "round trip of {text:?}");
+            assert_eq!(
+                e.tokenizer().decode(&got, false),
+                text,
+                "round trip of {text:?}"
+            );
             n += 1;
         }
     }
@@ -64,7 +90,11 @@ fn chat_template_renders_like_jinja2() {
     for case in f["cases"].as_array().unwrap() {
         let msgs = case["messages"].as_array().unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
-        assert_eq!(t.render(msgs, agp, None).unwrap(), case["rendered"].as_str().unwrap(), "messages {msgs:?}");
+        assert_eq!(
+            t.render(msgs, agp, None).unwrap(),
+            case["rendered"].as_str().unwrap(),
+            "messages {msgs:?}"
+        );
     }
 }
 
@@ -80,18 +110,36 @@ fn greedy_tokens_match_llama_cpp() {
     for (i, case) in f["prompts"].as_array().unwrap().iter().enumerate() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["tokens"]);
-        let req = GenerateRequest { prompt, max_tokens: 32, ignore_eos: true, ..Default::default() };
-        let got: Vec<u32> = e.generate(req).unwrap().map(|s| s.unwrap().sampled.token).collect();
+        let req = GenerateRequest {
+            prompt,
+            max_tokens: 32,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let got: Vec<u32> = e
+            .generate(req)
+            .unwrap()
+            .map(|s| s.unwrap().sampled.token)
+            .collect();
         match got.iter().zip(&want).position(|(a, b)| a != b) {
             None => full += 1,
             Some(at) => {
                 let margin = case["margins"][at].as_f64().unwrap();
-                report.push(format!("prompt {i}: diverges at step {at} (llama.cpp margin {margin:.4})"));
+                report.push(format!(
+                    "prompt {i}: diverges at step {at} (llama.cpp margin {margin:.4})"
+                ));
             }
         }
     }
-    eprintln!("{full} of {} prompts match for 32 tokens; {}", f["prompts"].as_array().unwrap().len(), report.join("; "));
-    assert!(full >= 5, "only {full} prompts match llama.cpp for 32 greedy tokens: {report:?}");
+    eprintln!(
+        "{full} of {} prompts match for 32 tokens; {}",
+        f["prompts"].as_array().unwrap().len(),
+        report.join("; ")
+    );
+    assert!(
+        full >= 5,
+        "only {full} prompts match llama.cpp for 32 greedy tokens: {report:?}"
+    );
 }
 
 /// Teacher forcing: feed llama.cpp's own tokens and count the steps where
@@ -106,10 +154,17 @@ fn teacher_forced_agreement_is_at_least_97_percent() {
     for case in f["prompts"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let generated = ids(&case["tokens"]);
-        let seq: Vec<u32> = prompt.iter().chain(&generated[..generated.len() - 1]).copied().collect();
+        let seq: Vec<u32> = prompt
+            .iter()
+            .chain(&generated[..generated.len() - 1])
+            .copied()
+            .collect();
         let mut ws = Workspace::default();
         let mut cache = KvCache::new(&e.model().config, seq.len());
-        let logits = e.model().forward(e.pool(), &mut ws, &mut cache, &seq, 0, true).unwrap();
+        let logits = e
+            .model()
+            .forward(e.pool(), &mut ws, &mut cache, &seq, 0, true)
+            .unwrap();
         for (k, &want) in generated.iter().enumerate() {
             let row = prompt.len() - 1 + k;
             let got = palisade_engine::sampling::argmax(&logits[row * vocab..(row + 1) * vocab]);
@@ -118,6 +173,9 @@ fn teacher_forced_agreement_is_at_least_97_percent() {
         }
     }
     let rate = agree as f64 / total as f64;
-    eprintln!("teacher-forced agreement: {agree}/{total} = {:.2}%", rate * 100.0);
+    eprintln!(
+        "teacher-forced agreement: {agree}/{total} = {:.2}%",
+        rate * 100.0
+    );
     assert!(rate >= 0.97, "agreement {:.2}% < 97%", rate * 100.0);
 }

@@ -51,7 +51,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The benchmark prompt: [`PARAGRAPH`] repeated until long enough, cut to
@@ -59,7 +63,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn prompt_ids(engine: &Engine, n: usize) -> Result<Vec<u32>, HostError> {
     let mut k = 1;
     loop {
-        let ids = engine.tokenizer().encode(&PARAGRAPH.repeat(k), false, false)?;
+        let ids = engine
+            .tokenizer()
+            .encode(&PARAGRAPH.repeat(k), false, false)?;
         if ids.len() >= n {
             return Ok(ids[..n].to_vec());
         }
@@ -69,7 +75,11 @@ pub fn prompt_ids(engine: &Engine, n: usize) -> Result<Vec<u32>, HostError> {
 
 /// Measures our engine once: a prefill of `prompt`, then `gen` greedy
 /// decode steps after a 16-token prompt.
-pub fn measure_ours(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> Result<Speed, HostError> {
+pub fn measure_ours(
+    engine: &Engine,
+    prompt: &[u32],
+    gen_tokens: usize,
+) -> Result<Speed, HostError> {
     let m = engine.model();
     let mut ws = Workspace::default();
     let mut cache = KvCache::new(&m.config, prompt.len().max(16 + gen_tokens) + 1);
@@ -89,7 +99,13 @@ pub fn measure_ours(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> Resul
     Ok(Speed { prefill, decode })
 }
 
-fn measure_llama_cpp(python: &PathBuf, script: &PathBuf, model: &PathBuf, threads: usize, a: &BenchArgs) -> Result<Speed, HostError> {
+fn measure_llama_cpp(
+    python: &PathBuf,
+    script: &PathBuf,
+    model: &PathBuf,
+    threads: usize,
+    a: &BenchArgs,
+) -> Result<Speed, HostError> {
     let out = Command::new(python)
         .arg(script)
         .args(["--model", &model.to_string_lossy()])
@@ -100,18 +116,30 @@ fn measure_llama_cpp(python: &PathBuf, script: &PathBuf, model: &PathBuf, thread
         .output()
         .map_err(|e| HostError::Peer(format!("running {}: {e}", python.display())))?;
     if !out.status.success() {
-        return Err(HostError::Peer(format!("{} exited with {}: {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr))));
+        return Err(HostError::Peer(format!(
+            "{} exited with {}: {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| HostError::Peer(format!("unreadable output {line:?}: {e}")))?;
-    Ok(Speed { prefill: v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN), decode: v["decode_tok_s"].as_f64().unwrap_or(f64::NAN) })
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .map_err(|e| HostError::Peer(format!("unreadable output {line:?}: {e}")))?;
+    Ok(Speed {
+        prefill: v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN),
+        decode: v["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
+    })
 }
 
 /// Runs the benchmark and returns the table as Markdown.
 pub fn run_bench(a: &BenchArgs) -> Result<String, HostError> {
     let model = crate::resolve_model(a.model.as_ref())?;
     if a.reps == 0 || a.prompt_tokens < 16 {
-        return Err(HostError::InvalidArgument { flag: "reps", message: "need at least 1 rep and 16 prompt tokens".into() });
+        return Err(HostError::InvalidArgument {
+            flag: "reps",
+            message: "need at least 1 rep and 16 prompt tokens".into(),
+        });
     }
     let mut table = String::new();
     table.push_str(&format!(
@@ -129,7 +157,11 @@ pub fn run_bench(a: &BenchArgs) -> Result<String, HostError> {
         "| threads | metric | palisade tok/s |\n|---:|---|---:|\n"
     });
     for &threads in &a.threads {
-        let engine = Engine::load(&EngineOptions { model: model.clone(), threads, ..Default::default() })?;
+        let engine = Engine::load(&EngineOptions {
+            model: model.clone(),
+            threads,
+            ..Default::default()
+        })?;
         let prompt = prompt_ids(&engine, a.prompt_tokens)?;
         measure_ours(&engine, &prompt[..64.min(prompt.len())], 8)?; // warm-up
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -138,14 +170,29 @@ pub fn run_bench(a: &BenchArgs) -> Result<String, HostError> {
             if let Some(py) = &a.llama_cpp_python {
                 theirs.push(measure_llama_cpp(py, &a.script, &model, threads, a)?);
             }
-            eprintln!("threads {threads} rep {}: ours {:?} llama.cpp {:?}", rep + 1, ours.last(), theirs.last());
+            eprintln!(
+                "threads {threads} rep {}: ours {:?} llama.cpp {:?}",
+                rep + 1,
+                ours.last(),
+                theirs.last()
+            );
         }
-        for (name, pick) in [("prefill", (|s: &Speed| s.prefill) as fn(&Speed) -> f64), ("decode", |s: &Speed| s.decode)] {
-            let label = if name == "prefill" { format!("prefill {}", a.prompt_tokens) } else { format!("decode {}", a.gen_tokens) };
+        for (name, pick) in [
+            ("prefill", (|s: &Speed| s.prefill) as fn(&Speed) -> f64),
+            ("decode", |s: &Speed| s.decode),
+        ] {
+            let label = if name == "prefill" {
+                format!("prefill {}", a.prompt_tokens)
+            } else {
+                format!("decode {}", a.gen_tokens)
+            };
             let o = median(ours.iter().map(pick).collect());
             if with_peer {
                 let t = median(theirs.iter().map(pick).collect());
-                table.push_str(&format!("| {threads} | {label} | {o:.1} | {t:.1} | {:.2}x |\n", o / t));
+                table.push_str(&format!(
+                    "| {threads} | {label} | {o:.1} | {t:.1} | {:.2}x |\n",
+                    o / t
+                ));
             } else {
                 table.push_str(&format!("| {threads} | {label} | {o:.1} |\n"));
             }

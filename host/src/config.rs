@@ -109,7 +109,13 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { max_body_bytes: 2 << 20, max_tokens: 4096, max_n: 8, max_concurrent_requests: 16, queue_timeout_ms: 10_000 }
+        LimitsSection {
+            max_body_bytes: 2 << 20,
+            max_tokens: 4096,
+            max_n: 8,
+            max_concurrent_requests: 16,
+            queue_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -128,27 +134,99 @@ pub struct TlsSection {
 
 /// Every key with its default and meaning, for the README and `--help`.
 pub const REFERENCE: &[(&str, &str, &str)] = &[
-    ("server.listen", "\"127.0.0.1:8080\"", "address to listen on"),
-    ("server.policy", "none (required)", "the policy file: plugins and the stages of every route"),
-    ("server.log_format", "\"human\"", "`human` or `json` log lines"),
-    ("server.header_read_timeout_secs", "10", "time a client has to send the request headers"),
-    ("server.body_read_timeout_secs", "30", "time a client has to send the request body (408 after)"),
-    ("server.shutdown_timeout_secs", "30", "on SIGTERM/SIGINT, how long in-flight requests may take to finish"),
-    ("model.path", "cached default model", "GGUF file or Hugging Face directory"),
-    ("model.tokenizer", "the model's", "a tokenizer.json overriding the model's own"),
-    ("model.name", "file or directory name", "the id clients put in `model`"),
-    ("model.embedding_path", "cached all-MiniLM-L6-v2 if present", "embedding model directory for `/v1/embeddings`"),
+    (
+        "server.listen",
+        "\"127.0.0.1:8080\"",
+        "address to listen on",
+    ),
+    (
+        "server.policy",
+        "none (required)",
+        "the policy file: plugins and the stages of every route",
+    ),
+    (
+        "server.log_format",
+        "\"human\"",
+        "`human` or `json` log lines",
+    ),
+    (
+        "server.header_read_timeout_secs",
+        "10",
+        "time a client has to send the request headers",
+    ),
+    (
+        "server.body_read_timeout_secs",
+        "30",
+        "time a client has to send the request body (408 after)",
+    ),
+    (
+        "server.shutdown_timeout_secs",
+        "30",
+        "on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+    ),
+    (
+        "model.path",
+        "cached default model",
+        "GGUF file or Hugging Face directory",
+    ),
+    (
+        "model.tokenizer",
+        "the model's",
+        "a tokenizer.json overriding the model's own",
+    ),
+    (
+        "model.name",
+        "file or directory name",
+        "the id clients put in `model`",
+    ),
+    (
+        "model.embedding_path",
+        "cached all-MiniLM-L6-v2 if present",
+        "embedding model directory for `/v1/embeddings`",
+    ),
     ("model.no_embeddings", "false", "serve no embedding model"),
-    ("model.threads", "0", "engine compute threads (0: all cores)"),
-    ("model.max_model_len", "the model's context length", "most prompt + completion tokens per sequence"),
-    ("limits.max_body_bytes", "2097152", "largest request body (413 beyond)"),
-    ("limits.max_tokens", "4096", "largest `max_tokens` a request may ask for"),
+    (
+        "model.threads",
+        "0",
+        "engine compute threads (0: all cores)",
+    ),
+    (
+        "model.max_model_len",
+        "the model's context length",
+        "most prompt + completion tokens per sequence",
+    ),
+    (
+        "limits.max_body_bytes",
+        "2097152",
+        "largest request body (413 beyond)",
+    ),
+    (
+        "limits.max_tokens",
+        "4096",
+        "largest `max_tokens` a request may ask for",
+    ),
     ("limits.max_n", "8", "largest `n` (choices per request)"),
-    ("limits.max_concurrent_requests", "16", "requests generating at once; more wait in a queue"),
-    ("limits.queue_timeout_ms", "10000", "how long a request may wait for a slot before 429 (0: no waiting)"),
-    ("tls.cert", "none", "PEM certificate chain; TLS is on when `cert` and `key` are set"),
+    (
+        "limits.max_concurrent_requests",
+        "16",
+        "requests generating at once; more wait in a queue",
+    ),
+    (
+        "limits.queue_timeout_ms",
+        "10000",
+        "how long a request may wait for a slot before 429 (0: no waiting)",
+    ),
+    (
+        "tls.cert",
+        "none",
+        "PEM certificate chain; TLS is on when `cert` and `key` are set",
+    ),
     ("tls.key", "none", "PEM private key"),
-    ("tls.client_ca", "none", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"),
+    (
+        "tls.client_ca",
+        "none",
+        "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)",
+    ),
 ];
 
 /// Command-line flags overriding the file (every option has one).
@@ -225,14 +303,20 @@ pub struct ServeFlags {
 impl ServeConfig {
     /// Parses a TOML document; errors name the unknown or mistyped key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, HostError> {
-        toml::from_str(text).map_err(|e| HostError::Config { path: origin.to_path_buf(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| HostError::Config {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads `--config` (if given) and applies the flags over it.
     pub fn load(flags: &ServeFlags) -> Result<Self, HostError> {
         let mut cfg = match &flags.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| HostError::Config { path: p.clone(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(p).map_err(|e| HostError::Config {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
                 Self::from_toml(&text, p)?
             }
             None => ServeConfig::default(),
@@ -277,24 +361,41 @@ impl ServeConfig {
 
     /// Checks value ranges and combinations.
     pub fn validate(&self) -> Result<(), HostError> {
-        let bad = |key: &str, message: String| Err(HostError::Config { path: PathBuf::from(key), message });
+        let bad = |key: &str, message: String| {
+            Err(HostError::Config {
+                path: PathBuf::from(key),
+                message,
+            })
+        };
         if self.limits.max_n == 0 || self.limits.max_n > 128 {
-            return bad("limits.max_n", format!("must be 1 to 128, got {}", self.limits.max_n));
+            return bad(
+                "limits.max_n",
+                format!("must be 1 to 128, got {}", self.limits.max_n),
+            );
         }
         if self.limits.max_concurrent_requests == 0 {
-            return bad("limits.max_concurrent_requests", "must be at least 1".into());
+            return bad(
+                "limits.max_concurrent_requests",
+                "must be at least 1".into(),
+            );
         }
         if self.limits.max_tokens == 0 {
             return bad("limits.max_tokens", "must be at least 1".into());
         }
         if self.limits.max_body_bytes < 1024 {
-            return bad("limits.max_body_bytes", format!("must be at least 1024, got {}", self.limits.max_body_bytes));
+            return bad(
+                "limits.max_body_bytes",
+                format!("must be at least 1024, got {}", self.limits.max_body_bytes),
+            );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls", "set both `cert` and `key`, or neither".into());
         }
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
-            return bad("tls.client_ca", "needs `cert` and `key` (mTLS is part of TLS)".into());
+            return bad(
+                "tls.client_ca",
+                "needs `cert` and `key` (mTLS is part of TLS)".into(),
+            );
         }
         Ok(())
     }
@@ -320,10 +421,23 @@ mod tests {
 
     /// The keys serde knows, read from its "expected one of" message.
     fn known_keys(section: &str) -> Vec<String> {
-        let doc = if section.is_empty() { "zzz_unknown = 1".to_string() } else { format!("[{section}]\nzzz_unknown = 1") };
-        let err = ServeConfig::from_toml(&doc, Path::new("t.toml")).unwrap_err().to_string();
-        let list = err.split("expected one of").nth(1).unwrap_or_else(|| panic!("{err}"));
-        list.split('`').skip(1).step_by(2).map(|k| k.to_string()).collect()
+        let doc = if section.is_empty() {
+            "zzz_unknown = 1".to_string()
+        } else {
+            format!("[{section}]\nzzz_unknown = 1")
+        };
+        let err = ServeConfig::from_toml(&doc, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        let list = err
+            .split("expected one of")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{err}"));
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|k| k.to_string())
+            .collect()
     }
 
     #[test]
@@ -342,15 +456,24 @@ mod tests {
 
     #[test]
     fn readme_holds_the_current_reference() {
-        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
-        assert!(readme.contains(&reference_markdown()), "README's configuration table is stale: paste `palisade config-reference` into it");
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .unwrap();
+        assert!(
+            readme.contains(&reference_markdown()),
+            "README's configuration table is stale: paste `palisade config-reference` into it"
+        );
     }
 
     #[test]
     fn unknown_and_mistyped_keys_are_named() {
-        let e = ServeConfig::from_toml("[limits]\nmax_toknes = 5", Path::new("c.toml")).unwrap_err().to_string();
+        let e = ServeConfig::from_toml("[limits]\nmax_toknes = 5", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_toknes") && e.contains("c.toml"), "{e}");
-        let e = ServeConfig::from_toml("[limits]\nmax_n = \"many\"", Path::new("c.toml")).unwrap_err().to_string();
+        let e = ServeConfig::from_toml("[limits]\nmax_n = \"many\"", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_n"), "{e}");
     }
 
@@ -358,8 +481,16 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[limits]\nmax_n = 3\nmax_tokens = 100\n[server]\nlisten = \"127.0.0.1:9000\"").unwrap();
-        let flags = ServeFlags { config: Some(p), max_n: Some(5), ..Default::default() };
+        std::fs::write(
+            &p,
+            "[limits]\nmax_n = 3\nmax_tokens = 100\n[server]\nlisten = \"127.0.0.1:9000\"",
+        )
+        .unwrap();
+        let flags = ServeFlags {
+            config: Some(p),
+            max_n: Some(5),
+            ..Default::default()
+        };
         let c = ServeConfig::load(&flags).unwrap();
         assert_eq!(c.limits.max_n, 5);
         assert_eq!(c.limits.max_tokens, 100);
@@ -368,7 +499,15 @@ mod tests {
 
     #[test]
     fn tls_needs_both_files() {
-        let flags = ServeFlags { tls_cert: Some("c.pem".into()), ..Default::default() };
-        assert!(ServeConfig::load(&flags).unwrap_err().to_string().contains("both"));
+        let flags = ServeFlags {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(
+            ServeConfig::load(&flags)
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
     }
 }

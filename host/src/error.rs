@@ -13,7 +13,9 @@ pub enum HostError {
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
     /// No `--model` and the default model is not cached.
-    #[error("the default model is not at {path}; fetch it with scripts/fetch-model.sh or pass --model")]
+    #[error(
+        "the default model is not at {path}; fetch it with scripts/fetch-model.sh or pass --model"
+    )]
     DefaultModelMissing {
         /// Where it was looked for.
         path: PathBuf,

@@ -38,7 +38,12 @@ pub struct GenerateArgs {
 
 fn load(args: &GenerateArgs) -> Result<Engine, HostError> {
     let model = crate::resolve_model(args.model.as_ref())?;
-    Ok(Engine::load(&EngineOptions { model, tokenizer: args.tokenizer.clone(), threads: args.threads, max_model_len: None })?)
+    Ok(Engine::load(&EngineOptions {
+        model,
+        tokenizer: args.tokenizer.clone(),
+        threads: args.threads,
+        max_model_len: None,
+    })?)
 }
 
 /// Loads the model and streams the completion (not the prompt) to `out`.
@@ -61,7 +66,11 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Host
 
 /// An interactive chat: each line of `input` is a user turn; replies stream
 /// to `out`. Ends at end of input.
-pub fn run_chat(args: &GenerateArgs, input: &mut dyn std::io::BufRead, out: &mut dyn Write) -> Result<(), HostError> {
+pub fn run_chat(
+    args: &GenerateArgs,
+    input: &mut dyn std::io::BufRead,
+    out: &mut dyn Write,
+) -> Result<(), HostError> {
     let engine = load(args)?;
     let mut msgs = Vec::new();
     if let Some(s) = &args.system {
@@ -87,8 +96,15 @@ pub fn run_chat(args: &GenerateArgs, input: &mut dyn std::io::BufRead, out: &mut
     }
 }
 
-fn stream(engine: &Engine, args: &GenerateArgs, prompt: Vec<u32>, out: &mut dyn Write) -> Result<String, HostError> {
-    let max_tokens = args.max_tokens.min(engine.max_context().saturating_sub(prompt.len()));
+fn stream(
+    engine: &Engine,
+    args: &GenerateArgs,
+    prompt: Vec<u32>,
+    out: &mut dyn Write,
+) -> Result<String, HostError> {
+    let max_tokens = args
+        .max_tokens
+        .min(engine.max_context().saturating_sub(prompt.len()));
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -96,7 +112,13 @@ fn stream(engine: &Engine, args: &GenerateArgs, prompt: Vec<u32>, out: &mut dyn 
         seed: args.seed,
         ..Default::default()
     };
-    let req = GenerateRequest { prompt, max_tokens, sampling, stop: args.stop.clone(), ..Default::default() };
+    let req = GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling,
+        stop: args.stop.clone(),
+        ..Default::default()
+    };
     let mut all = String::new();
     for step in engine.generate(req)? {
         let step = step?;

@@ -30,10 +30,14 @@ pub use error::HostError;
 
 /// Where `scripts/fetch-model.sh` caches the default model.
 pub fn default_model_path() -> PathBuf {
-    let base = std::env::var_os("PALISADE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        home.join(".cache/palisade")
-    });
+    let base = std::env::var_os("PALISADE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            home.join(".cache/palisade")
+        });
     base.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -44,7 +48,11 @@ pub fn resolve_model(given: Option<&PathBuf>) -> Result<PathBuf, HostError> {
         Some(p) => Ok(p.clone()),
         None => {
             let p = default_model_path();
-            if p.exists() { Ok(p) } else { Err(HostError::DefaultModelMissing { path: p }) }
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(HostError::DefaultModelMissing { path: p })
+            }
         }
     }
 }

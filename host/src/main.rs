@@ -9,7 +9,11 @@ use palisade::config::{LogFormat, ServeConfig, ServeFlags};
 use palisade::generate::{GenerateArgs, run_chat, run_generate};
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "An OpenAI-compatible LLM inference server with WebAssembly security plugins")]
+#[command(
+    name = "palisade",
+    version,
+    about = "An OpenAI-compatible LLM inference server with WebAssembly security plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,8 +156,11 @@ enum PolicyCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Human => b.init(),
@@ -167,8 +174,14 @@ fn main() -> Result<()> {
         init_logging(cfg.server.log_format);
         // One async worker: the HTTP side is light, and every extra busy thread
         // steals time from the engine's compute threads on small machines.
-        let workers: usize = std::env::var("PALISADE_ASYNC_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()?;
+        let workers: usize = std::env::var("PALISADE_ASYNC_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .enable_all()
+            .build()?;
         rt.block_on(palisade::serve::run(cfg))?;
         return Ok(());
     }
@@ -176,21 +189,96 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
-        Command::BenchPlugins { policy, route, key, iterations, chunks } => {
-            print!("{}", palisade::plugins::bench::run(&policy, &route, &key, iterations, chunks)?)
+        Command::BenchPlugins {
+            policy,
+            route,
+            key,
+            iterations,
+            chunks,
+        } => {
+            print!(
+                "{}",
+                palisade::plugins::bench::run(&policy, &route, &key, iterations, chunks)?
+            )
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => print!("{}", palisade::plugins::check::run(&file)?),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => print!("{}", palisade::plugins::check::run(&file)?),
         Command::ConfigReference => print!("{}", palisade::config::reference_markdown()),
-        Command::Generate { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, stop, threads } => {
-            let args = GenerateArgs { model, tokenizer, prompt, chat, system, max_tokens, temperature, top_p, top_k, seed, threads, stop };
+        Command::Generate {
+            model,
+            tokenizer,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop,
+            threads,
+        } => {
+            let args = GenerateArgs {
+                model,
+                tokenizer,
+                prompt,
+                chat,
+                system,
+                max_tokens,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                threads,
+                stop,
+            };
             run_generate(&args, &mut std::io::stdout().lock())?;
         }
-        Command::Chat { model, system, max_tokens, temperature, top_p, seed, threads } => {
-            let args = GenerateArgs { model, system, max_tokens, temperature, top_p, seed, threads, chat: true, ..Default::default() };
-            run_chat(&args, &mut std::io::stdin().lock(), &mut std::io::stdout().lock())?;
+        Command::Chat {
+            model,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            threads,
+        } => {
+            let args = GenerateArgs {
+                model,
+                system,
+                max_tokens,
+                temperature,
+                top_p,
+                seed,
+                threads,
+                chat: true,
+                ..Default::default()
+            };
+            run_chat(
+                &args,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
         }
-        Command::Bench { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script } => {
-            let table = run_bench(&BenchArgs { model, threads, prompt_tokens, gen_tokens, reps, llama_cpp_python, script })?;
+        Command::Bench {
+            model,
+            threads,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            llama_cpp_python,
+            script,
+        } => {
+            let table = run_bench(&BenchArgs {
+                model,
+                threads,
+                prompt_tokens,
+                gen_tokens,
+                reps,
+                llama_cpp_python,
+                script,
+            })?;
             println!("{table}");
         }
     }

@@ -18,7 +18,12 @@ pub struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 
     /// Records one observation in seconds.
@@ -28,18 +33,27 @@ impl Histogram {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         let n = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {n}");
     }
 }
@@ -86,20 +100,52 @@ impl Metrics {
     /// The Prometheus text.
     pub fn render(&self, sched: Option<&SchedulerStats>, kv_capacity_positions: usize) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP palisade_requests_total Requests by route and status.\n# TYPE palisade_requests_total counter");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "palisade_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "# HELP palisade_requests_total Requests by route and status.\n# TYPE palisade_requests_total counter"
+        );
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "palisade_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        counter(&mut out, "palisade_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens.load(Ordering::Relaxed));
-        counter(&mut out, "palisade_completion_tokens_total", "Tokens generated.", self.completion_tokens.load(Ordering::Relaxed));
-        self.ttft.render("palisade_time_to_first_token_seconds", "Time from request to first token.", &mut out);
-        self.tpot.render("palisade_time_per_output_token_seconds", "Time between output tokens.", &mut out);
+        counter(
+            &mut out,
+            "palisade_prompt_tokens_total",
+            "Prompt tokens processed.",
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "palisade_completion_tokens_total",
+            "Tokens generated.",
+            self.completion_tokens.load(Ordering::Relaxed),
+        );
+        self.ttft.render(
+            "palisade_time_to_first_token_seconds",
+            "Time from request to first token.",
+            &mut out,
+        );
+        self.tpot.render(
+            "palisade_time_per_output_token_seconds",
+            "Time between output tokens.",
+            &mut out,
+        );
         let (waiting, running, cancelled, kv) = sched
             .map(|s| {
                 (
@@ -111,12 +157,41 @@ impl Metrics {
             })
             .unwrap_or_default();
         let queued = self.queued_requests.load(Ordering::Relaxed) as usize + waiting;
-        gauge(&mut out, "palisade_queue_depth", "Requests and sequences waiting to start.", queued as f64);
-        gauge(&mut out, "palisade_running_sequences", "Sequences generating.", running as f64);
-        counter(&mut out, "palisade_cancelled_sequences_total", "Sequences stopped because the client went away.", cancelled as u64);
-        gauge(&mut out, "palisade_kv_cache_positions", "KV cache positions reserved by running sequences.", kv as f64);
-        let usage = if kv_capacity_positions > 0 { kv as f64 / kv_capacity_positions as f64 } else { 0.0 };
-        gauge(&mut out, "palisade_kv_cache_usage_ratio", "Reserved KV positions over the configured capacity.", usage);
+        gauge(
+            &mut out,
+            "palisade_queue_depth",
+            "Requests and sequences waiting to start.",
+            queued as f64,
+        );
+        gauge(
+            &mut out,
+            "palisade_running_sequences",
+            "Sequences generating.",
+            running as f64,
+        );
+        counter(
+            &mut out,
+            "palisade_cancelled_sequences_total",
+            "Sequences stopped because the client went away.",
+            cancelled as u64,
+        );
+        gauge(
+            &mut out,
+            "palisade_kv_cache_positions",
+            "KV cache positions reserved by running sequences.",
+            kv as f64,
+        );
+        let usage = if kv_capacity_positions > 0 {
+            kv as f64 / kv_capacity_positions as f64
+        } else {
+            0.0
+        };
+        gauge(
+            &mut out,
+            "palisade_kv_cache_usage_ratio",
+            "Reserved KV positions over the configured capacity.",
+            usage,
+        );
         out
     }
 }

@@ -10,7 +10,11 @@ use crate::server::{generate, routes};
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Palisade", description = "OpenAI-compatible inference API", license(name = "Apache-2.0")),
+    info(
+        title = "Palisade",
+        description = "OpenAI-compatible inference API",
+        license(name = "Apache-2.0")
+    ),
     paths(
         generate::chat_completions,
         generate::completions,
@@ -41,6 +45,9 @@ mod tests {
     fn committed_document_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(committed == super::document(), "host/openapi.json is stale: run `palisade openapi > host/openapi.json`");
+        assert!(
+            committed == super::document(),
+            "host/openapi.json is stale: run `palisade openapi > host/openapi.json`"
+        );
     }
 }

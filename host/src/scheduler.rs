@@ -79,7 +79,10 @@ impl EngineHandle {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                Err(ApiError::RateLimited { message: "the engine queue is full; retry shortly".into(), retry_after: Some(1) })
+                Err(ApiError::RateLimited {
+                    message: "the engine queue is full; retry shortly".into(),
+                    retry_after: Some(1),
+                })
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -107,7 +110,11 @@ fn admit<'e>(engine: &'e Engine, job: Job, active: &mut Vec<Active<'e>>, stats: 
         Ok(generation) => {
             stats.running.fetch_add(1, Ordering::Relaxed);
             stats.kv_positions.fetch_add(reserved, Ordering::Relaxed);
-            active.push(Active { generation, events: job.events, reserved });
+            active.push(Active {
+                generation,
+                events: job.events,
+                reserved,
+            });
         }
         Err(e) => {
             let _ = job.events.try_send(SeqEvent::Error(e));

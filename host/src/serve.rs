@@ -30,7 +30,11 @@ pub fn load_policy(cfg: &ServeConfig) -> Result<Pipeline, HostError> {
 
 /// Where `scripts/fetch-embedding-model.sh` caches the embedding model.
 pub fn default_embedding_dir() -> PathBuf {
-    crate::default_model_path().parent().and_then(|p| p.parent()).map(|c| c.join("all-minilm-l6-v2")).unwrap_or_default()
+    crate::default_model_path()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|c| c.join("all-minilm-l6-v2"))
+        .unwrap_or_default()
 }
 
 /// Loads the models named by the configuration.
@@ -42,11 +46,19 @@ pub fn load_models(cfg: &ServeConfig) -> Result<Loaded, HostError> {
         threads: cfg.model.threads,
         max_model_len: cfg.model.max_model_len,
     })?);
-    let model_name = cfg.model.name.clone().unwrap_or_else(|| engine.name().to_string());
+    let model_name = cfg
+        .model
+        .name
+        .clone()
+        .unwrap_or_else(|| engine.name().to_string());
     let embed = if cfg.model.no_embeddings {
         None
     } else {
-        let dir = cfg.model.embedding_path.clone().unwrap_or_else(default_embedding_dir);
+        let dir = cfg
+            .model
+            .embedding_path
+            .clone()
+            .unwrap_or_else(default_embedding_dir);
         if cfg.model.embedding_path.is_none() && !dir.join("config.json").exists() {
             tracing::warn!(dir = %dir.display(), "no embedding model cached; /v1/embeddings will answer 404 (run scripts/fetch-embedding-model.sh)");
             None
@@ -58,7 +70,12 @@ pub fn load_models(cfg: &ServeConfig) -> Result<Loaded, HostError> {
     };
     let queue = cfg.limits.max_concurrent_requests * cfg.limits.max_n * 4;
     let handle = EngineHandle::start(engine.clone(), queue);
-    Ok(Loaded { engine, handle, model_name, embed })
+    Ok(Loaded {
+        engine,
+        handle,
+        model_name,
+        embed,
+    })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -93,7 +110,11 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
     {
         let st = state.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the policy");
                 if let Err(e) = st.reload().await {
@@ -104,13 +125,19 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
     }
     let app = router(state.clone());
     // The first line on stdout names the address (tests bind port 0).
-    println!("palisade listening on {}://{addr}", if tls.is_some() { "https" } else { "http" });
+    println!(
+        "palisade listening on {}://{addr}",
+        if tls.is_some() { "https" } else { "http" }
+    );
     tracing::info!(%addr, tls = tls.is_some(), "listening; loading models");
     let loader_state = state.clone();
     let loader_cfg = cfg.clone();
     let loading = tokio::task::spawn_blocking(move || {
         // Lets tests observe the loading state (readiness probes).
-        if let Some(ms) = std::env::var("PALISADE_TEST_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(ms) = std::env::var("PALISADE_TEST_LOAD_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             std::thread::sleep(Duration::from_millis(ms));
         }
         load_models(&loader_cfg).map(|l| loader_state.set_loaded(l))

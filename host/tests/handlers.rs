@@ -22,7 +22,11 @@ struct Fixture {
 
 fn fixture(edit: impl FnOnce(&mut ServeConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_gguf(dir.path(), &TinySpec::default(), TinyType::Native(WeightType::Q8_0));
+    let path = write_gguf(
+        dir.path(),
+        &TinySpec::default(),
+        TinyType::Native(WeightType::Q8_0),
+    );
     let mut cfg = ServeConfig::default();
     cfg.model.path = Some(path);
     cfg.model.no_embeddings = true;
@@ -40,13 +44,27 @@ fn open_policy() -> Pipeline {
     Pipeline::build(policy).unwrap()
 }
 
-async fn call(state: &Arc<AppState>, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder().method(method).uri(path).header("content-type", "application/json");
-    let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+async fn call(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    let req = req
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
     let resp = router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, v)
 }
 
@@ -61,19 +79,34 @@ fn chat(extra: Value) -> Value {
 #[tokio::test]
 async fn chat_completion_has_openai_shape() {
     let f = fixture(|_| {});
-    let (s, v) = call(&f.state, "POST", "/v1/chat/completions", Some(chat(json!({})))).await;
+    let (s, v) = call(
+        &f.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!({}))),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     assert!(v["choices"][0]["finish_reason"].is_string());
     let u = &v["usage"];
-    assert_eq!(u["total_tokens"].as_u64().unwrap(), u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
 }
 
 #[tokio::test]
 async fn stream_ends_with_done() {
     let f = fixture(|_| {});
-    let (s, v) = call(&f.state, "POST", "/v1/chat/completions", Some(chat(json!({"stream": true})))).await;
+    let (s, v) = call(
+        &f.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!({"stream": true}))),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let text = v.as_str().unwrap();
     assert!(text.starts_with("data: {"), "{text}");
@@ -84,13 +117,51 @@ async fn stream_ends_with_done() {
 async fn errors_have_status_and_shape() {
     let f = fixture(|c| c.limits.max_body_bytes = 4096);
     let cases: Vec<(&str, &str, Option<Value>, StatusCode, Option<&str>)> = vec![
-        ("POST", "/v1/chat/completions", Some(chat(json!({"model": "other"}))), StatusCode::NOT_FOUND, Some("model")),
-        ("POST", "/v1/chat/completions", Some(chat(json!({"n": 0}))), StatusCode::BAD_REQUEST, Some("n")),
-        ("POST", "/v1/chat/completions", Some(chat(json!({"max_tokens": 1_000_000}))), StatusCode::BAD_REQUEST, Some("max_tokens")),
-        ("POST", "/v1/chat/completions", Some(chat(json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}))), StatusCode::PAYLOAD_TOO_LARGE, None),
-        ("GET", "/v1/chat/completions", None, StatusCode::METHOD_NOT_ALLOWED, None),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat(json!({"model": "other"}))),
+            StatusCode::NOT_FOUND,
+            Some("model"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat(json!({"n": 0}))),
+            StatusCode::BAD_REQUEST,
+            Some("n"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat(json!({"max_tokens": 1_000_000}))),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(chat(
+                json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}),
+            )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        ),
+        (
+            "GET",
+            "/v1/chat/completions",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+        ),
         ("GET", "/nothing/here", None, StatusCode::NOT_FOUND, None),
-        ("POST", "/v1/embeddings", Some(json!({"model": "tiny", "input": "x"})), StatusCode::NOT_FOUND, Some("model")),
+        (
+            "POST",
+            "/v1/embeddings",
+            Some(json!({"model": "tiny", "input": "x"})),
+            StatusCode::NOT_FOUND,
+            Some("model"),
+        ),
     ];
     for (method, path, body, status, param) in cases {
         let (s, v) = call(&f.state, method, path, body).await;
@@ -107,8 +178,17 @@ async fn errors_have_status_and_shape() {
 async fn not_ready_until_loaded() {
     let state = AppState::new(ServeConfig::default(), open_policy()).unwrap();
     let (s, v) = call(&state, "GET", "/ready", None).await;
-    assert_eq!((s, v["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("loading")));
-    let (s, _) = call(&state, "POST", "/v1/chat/completions", Some(chat(json!({})))).await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("loading"))
+    );
+    let (s, _) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!({}))),
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, _) = call(&state, "GET", "/health", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -117,23 +197,50 @@ async fn not_ready_until_loaded() {
 #[tokio::test]
 async fn tokenize_round_trip_and_metrics() {
     let f = fixture(|_| {});
-    let (s, v) = call(&f.state, "POST", "/tokenize", Some(json!({"prompt": "the theory"}))).await;
+    let (s, v) = call(
+        &f.state,
+        "POST",
+        "/tokenize",
+        Some(json!({"prompt": "the theory"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let toks = v["tokens"].clone();
-    let (_, v) = call(&f.state, "POST", "/detokenize", Some(json!({"tokens": toks}))).await;
+    let (_, v) = call(
+        &f.state,
+        "POST",
+        "/detokenize",
+        Some(json!({"tokens": toks})),
+    )
+    .await;
     assert_eq!(v["prompt"], "the theory");
     let (_, v) = call(&f.state, "GET", "/metrics", None).await;
     let text = v.as_str().unwrap();
-    assert!(text.contains("palisade_requests_total{route=\"/tokenize\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("palisade_requests_total{route=\"/tokenize\",status=\"200\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn completions_accept_token_prompts_and_reject_bad_ids() {
     let f = fixture(|_| {});
-    let (s, v) = call(&f.state, "POST", "/v1/completions", Some(json!({"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0}))).await;
+    let (s, v) = call(
+        &f.state,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["object"], "text_completion");
-    let (s, v) = call(&f.state, "POST", "/v1/completions", Some(json!({"model": "tiny", "prompt": [5, 999999]}))).await;
+    let (s, v) = call(
+        &f.state,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "tiny", "prompt": [5, 999999]})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("999999"));
 }

@@ -35,7 +35,16 @@ thread_local! {
 /// `v` hold the layer's cache, at least `start + n_tok` positions; `out`
 /// receives `n_tok x n_heads x head_dim` values.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(pool: &ThreadPool, s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], start: usize, n_tok: usize, out: &mut [f32]) {
+pub fn attention(
+    pool: &ThreadPool,
+    s: &AttnShape,
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    start: usize,
+    n_tok: usize,
+    out: &mut [f32],
+) {
     let (nh, nkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
     assert_eq!(q.len(), n_tok * nh * hd);
     assert_eq!(out.len(), q.len());
@@ -99,7 +108,14 @@ fn axpy_f16(isa: Isa, out: &mut [f32], w: f32, v: &[f16]) {
 }
 
 /// The plain reference: f64 attention on the same inputs.
-pub fn attention_reference(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], start: usize, n_tok: usize) -> Vec<f32> {
+pub fn attention_reference(
+    s: &AttnShape,
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    start: usize,
+    n_tok: usize,
+) -> Vec<f32> {
     let (nh, nkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
     let mut out = vec![0f32; q.len()];
     for t in 0..n_tok {
@@ -110,14 +126,20 @@ pub fn attention_reference(s: &AttnShape, q: &[f32], k: &[f16], v: &[f16], start
             let scores: Vec<f64> = (0..len)
                 .map(|j| {
                     let kj = &k[(j * nkv + g) * hd..(j * nkv + g + 1) * hd];
-                    kj.iter().zip(qh).map(|(a, b)| a.to_f64() * *b as f64).sum::<f64>() * s.scale as f64
+                    kj.iter()
+                        .zip(qh)
+                        .map(|(a, b)| a.to_f64() * *b as f64)
+                        .sum::<f64>()
+                        * s.scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                let acc: f64 = (0..len).map(|j| e[j] / z * v[(j * nkv + g) * hd + d].to_f64()).sum();
+                let acc: f64 = (0..len)
+                    .map(|j| e[j] / z * v[(j * nkv + g) * hd + d].to_f64())
+                    .sum();
                 out[(t * nh + h) * hd + d] = acc as f32;
             }
         }
@@ -135,18 +157,32 @@ mod tests {
     #[test]
     fn attention_matches_reference_with_gqa() {
         let mut rng = StdRng::seed_from_u64(3);
-        let s = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 64, scale: 0.125 };
+        let s = AttnShape {
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+        };
         let pool = ThreadPool::new(2);
         for (start, n_tok) in [(0, 1), (0, 7), (5, 1), (9, 3)] {
             let total = start + n_tok;
-            let q: Vec<f32> = (0..n_tok * 6 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let k: Vec<f16> = (0..total * 2 * 64).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
-            let v: Vec<f16> = (0..total * 2 * 64).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
+            let q: Vec<f32> = (0..n_tok * 6 * 64)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let k: Vec<f16> = (0..total * 2 * 64)
+                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect();
+            let v: Vec<f16> = (0..total * 2 * 64)
+                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect();
             let mut out = vec![0f32; q.len()];
             attention(&pool, &s, &q, &k, &v, start, n_tok, &mut out);
             let r = attention_reference(&s, &q, &k, &v, start, n_tok);
             for (a, b) in out.iter().zip(&r) {
-                assert!((a - b).abs() < 2e-3, "{a} vs {b} at start={start} n={n_tok}");
+                assert!(
+                    (a - b).abs() < 2e-3,
+                    "{a} vs {b} at start={start} n={n_tok}"
+                );
             }
         }
     }

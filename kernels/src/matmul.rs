@@ -26,9 +26,18 @@ pub struct WeightRef<'a> {
 
 impl<'a> WeightRef<'a> {
     /// Checks that `data` holds exactly `rows x cols` elements of `ty`.
-    pub fn new(ty: WeightType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self, KernelError> {
+    pub fn new(
+        ty: WeightType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
         if cols % ty.block_elems() != 0 {
-            return Err(KernelError::BlockAlignment { ty: ty.name(), block: ty.block_elems(), cols });
+            return Err(KernelError::BlockAlignment {
+                ty: ty.name(),
+                block: ty.block_elems(),
+                cols,
+            });
         }
         let row_bytes = ty.row_bytes(cols);
         if data.len() != row_bytes * rows {
@@ -40,7 +49,13 @@ impl<'a> WeightRef<'a> {
                 actual: data.len(),
             });
         }
-        Ok(WeightRef { ty, data, rows, cols, row_bytes })
+        Ok(WeightRef {
+            ty,
+            data,
+            rows,
+            cols,
+            row_bytes,
+        })
     }
 
     /// Output features.
@@ -65,7 +80,11 @@ impl<'a> WeightRef<'a> {
 
     /// The activation format this weight multiplies against.
     pub fn activation_format(&self) -> ActFormat {
-        if self.ty.quantized() { ActFormat::Q8 } else { ActFormat::F32 }
+        if self.ty.quantized() {
+            ActFormat::Q8
+        } else {
+            ActFormat::F32
+        }
     }
 }
 
@@ -98,13 +117,21 @@ impl Activations {
 
     /// Like [`Activations::quantize`], reusing this value's buffers.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, format: ActFormat) {
-        assert_eq!(x.len(), n * cols, "activation buffer does not match its shape");
+        assert_eq!(
+            x.len(),
+            n * cols,
+            "activation buffer does not match its shape"
+        );
         self.format = Some(format);
         self.n = n;
         self.cols = cols;
         match format {
             ActFormat::Q8 => {
-                assert_eq!(cols % QK, 0, "quantized activations need a multiple of 32 columns");
+                assert_eq!(
+                    cols % QK,
+                    0,
+                    "quantized activations need a multiple of 32 columns"
+                );
                 self.q.resize(n * cols / QK, BlockQ8::default());
                 quantize_q8(x, &mut self.q);
             }
@@ -136,12 +163,24 @@ pub fn matmul(pool: &ThreadPool, w: &WeightRef<'_>, acts: &Activations, y: &mut 
 }
 
 /// Several matmuls reading the same activations, in one parallel dispatch.
-pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightRef<'_>, &mut [f32])], acts: &Activations) {
+pub fn matmul_many(
+    pool: &ThreadPool,
+    jobs: &mut [(WeightRef<'_>, &mut [f32])],
+    acts: &Activations,
+) {
     let n = acts.n;
     for (w, y) in jobs.iter() {
-        assert_eq!(w.cols, acts.cols, "weight has {} columns, activations {}", w.cols, acts.cols);
+        assert_eq!(
+            w.cols, acts.cols,
+            "weight has {} columns, activations {}",
+            w.cols, acts.cols
+        );
         assert_eq!(y.len(), n * w.rows, "output buffer does not match");
-        assert_eq!(Some(w.activation_format()), acts.format, "activations prepared for another format");
+        assert_eq!(
+            Some(w.activation_format()),
+            acts.format,
+            "activations prepared for another format"
+        );
     }
     // Chunk rows so each thread gets several tasks (load balance) without
     // making tasks so small that dispatch dominates.
@@ -189,7 +228,13 @@ pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightRef<'_>, &mut [f32])], 
 /// Runs `f(r, out)` for every weight row `r` in parallel; `f` fills
 /// `out[t]` (one value per token, `n` of them) and the results land in
 /// `y[t * rows + r]`. For weight formats computed outside this crate.
-pub fn par_rows(pool: &ThreadPool, rows: usize, n: usize, y: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+pub fn par_rows(
+    pool: &ThreadPool,
+    rows: usize,
+    n: usize,
+    y: &mut [f32],
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
     assert_eq!(y.len(), rows * n, "output buffer does not match");
     let chunk = (rows / (pool.threads() * 4)).clamp(1, 256);
     let out = SyncPtr(y.as_mut_ptr());
@@ -220,7 +265,11 @@ fn prefetch_ahead(w: &WeightRef<'_>, r: usize, end: usize) {
             for line in (0..next.len()).step_by(64) {
                 // SAFETY: a prefetch is a hint and cannot fault; the address
                 // lies inside `next` anyway.
-                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.as_ptr().add(line) as *const i8) };
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        next.as_ptr().add(line) as *const i8,
+                    )
+                };
             }
         }
     }
@@ -229,7 +278,15 @@ fn prefetch_ahead(w: &WeightRef<'_>, r: usize, end: usize) {
 }
 
 #[inline]
-fn dot_rows(isa: Isa, w: &WeightRef<'_>, wrow: &[u8], a: &Activations, t: usize, take: usize, res: &mut [f32; 4]) {
+fn dot_rows(
+    isa: Isa,
+    w: &WeightRef<'_>,
+    wrow: &[u8],
+    a: &Activations,
+    t: usize,
+    take: usize,
+    res: &mut [f32; 4],
+) {
     let quantized = w.ty.quantized();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
@@ -240,29 +297,48 @@ fn dot_rows(isa: Isa, w: &WeightRef<'_>, wrow: &[u8], a: &Activations, t: usize,
             match take {
                 4 => {
                     *res = unsafe {
-                        crate::cpu::avx2::dot_q8::<4>(w.ty, wrow, [a.q_row(t), a.q_row(t + 1), a.q_row(t + 2), a.q_row(t + 3)], nb)
+                        crate::cpu::avx2::dot_q8::<4>(
+                            w.ty,
+                            wrow,
+                            [a.q_row(t), a.q_row(t + 1), a.q_row(t + 2), a.q_row(t + 3)],
+                            nb,
+                        )
                     }
                 }
                 2 | 3 => {
-                    let r = unsafe { crate::cpu::avx2::dot_q8::<2>(w.ty, wrow, [a.q_row(t), a.q_row(t + 1)], nb) };
+                    let r = unsafe {
+                        crate::cpu::avx2::dot_q8::<2>(w.ty, wrow, [a.q_row(t), a.q_row(t + 1)], nb)
+                    };
                     res[..2].copy_from_slice(&r);
                     if take == 3 {
-                        res[2] = unsafe { crate::cpu::avx2::dot_q8::<1>(w.ty, wrow, [a.q_row(t + 2)], nb) }[0];
+                        res[2] = unsafe {
+                            crate::cpu::avx2::dot_q8::<1>(w.ty, wrow, [a.q_row(t + 2)], nb)
+                        }[0];
                     }
                 }
-                _ => res[0] = unsafe { crate::cpu::avx2::dot_q8::<1>(w.ty, wrow, [a.q_row(t)], nb) }[0],
+                _ => {
+                    res[0] =
+                        unsafe { crate::cpu::avx2::dot_q8::<1>(w.ty, wrow, [a.q_row(t)], nb) }[0]
+                }
             }
         } else {
             let c = w.cols;
             match take {
                 4 => {
                     *res = unsafe {
-                        crate::cpu::avx2::dot_f::<4>(w.ty, wrow, [a.f_row(t), a.f_row(t + 1), a.f_row(t + 2), a.f_row(t + 3)], c)
+                        crate::cpu::avx2::dot_f::<4>(
+                            w.ty,
+                            wrow,
+                            [a.f_row(t), a.f_row(t + 1), a.f_row(t + 2), a.f_row(t + 3)],
+                            c,
+                        )
                     }
                 }
                 _ => {
                     for k in 0..take {
-                        res[k] = unsafe { crate::cpu::avx2::dot_f::<1>(w.ty, wrow, [a.f_row(t + k)], c) }[0];
+                        res[k] = unsafe {
+                            crate::cpu::avx2::dot_f::<1>(w.ty, wrow, [a.f_row(t + k)], c)
+                        }[0];
                     }
                 }
             }
@@ -271,7 +347,11 @@ fn dot_rows(isa: Isa, w: &WeightRef<'_>, wrow: &[u8], a: &Activations, t: usize,
     }
     let _ = isa;
     for k in 0..take {
-        res[k] = if quantized { dot_q8_scalar(w.ty, wrow, a.q_row(t + k)) } else { dot_f_scalar(w.ty, wrow, a.f_row(t + k)) };
+        res[k] = if quantized {
+            dot_q8_scalar(w.ty, wrow, a.q_row(t + k))
+        } else {
+            dot_f_scalar(w.ty, wrow, a.f_row(t + k))
+        };
     }
 }
 
@@ -283,7 +363,11 @@ pub fn matmul_reference(w: &WeightRef<'_>, x: &[f32], n: usize) -> Vec<f32> {
         crate::quant::dequantize_row(w.ty, w.row(r), &mut wr);
         for t in 0..n {
             let xr = &x[t * w.cols..(t + 1) * w.cols];
-            y[t * w.rows + r] = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
+            y[t * w.rows + r] = wr
+                .iter()
+                .zip(xr)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>() as f32;
         }
     }
     y
@@ -307,7 +391,14 @@ mod tests {
     fn matmul_matches_reference_for_every_type() {
         let mut rng = StdRng::seed_from_u64(7);
         let pool = ThreadPool::new(2);
-        for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0, WeightType::F16, WeightType::BF16, WeightType::F32] {
+        for ty in [
+            WeightType::Q4_0,
+            WeightType::Q4_1,
+            WeightType::Q8_0,
+            WeightType::F16,
+            WeightType::BF16,
+            WeightType::F32,
+        ] {
             let (rows, cols) = (37, 96);
             let wf = random(&mut rng, rows * cols);
             let bytes: Vec<u8> = wf.chunks(cols).flat_map(|r| quantize_row(ty, r)).collect();
@@ -318,7 +409,11 @@ mod tests {
                 let acts = Activations::quantize(&x, n, cols, w.activation_format());
                 let mut y = vec![0f32; n * rows];
                 matmul(&pool, &w, &acts, &mut y);
-                let tol = if ty.quantized() { 0.05 * (cols as f32).sqrt() / 4.0 } else { 1e-3 };
+                let tol = if ty.quantized() {
+                    0.05 * (cols as f32).sqrt() / 4.0
+                } else {
+                    1e-3
+                };
                 for (i, (a, b)) in y.iter().zip(&reference).enumerate() {
                     assert!((a - b).abs() <= tol, "{ty:?} n={n} i={i}: {a} vs {b}");
                 }
@@ -352,7 +447,10 @@ mod tests {
             let s = dot_q8_scalar(ty, &w, &a);
             // SAFETY: AVX2 detected above.
             let v = unsafe { crate::cpu::avx2::dot_q8::<1>(ty, &w, [&a], cols / QK) }[0];
-            assert!((s - v).abs() <= 1e-3 * s.abs().max(1.0), "{ty:?}: {s} vs {v}");
+            assert!(
+                (s - v).abs() <= 1e-3 * s.abs().max(1.0),
+                "{ty:?}: {s} vs {v}"
+            );
         }
     }
 }

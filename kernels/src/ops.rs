@@ -74,12 +74,26 @@ impl Rope {
     /// Builds the frequency table. `freq_factors` (Llama 3 style, one per
     /// pair) divide the frequencies; `freq_scale` scales positions
     /// (linear RoPE scaling).
-    pub fn new(dims: usize, base: f32, style: RopeStyle, freq_scale: f32, freq_factors: Option<&[f32]>) -> Self {
+    pub fn new(
+        dims: usize,
+        base: f32,
+        style: RopeStyle,
+        freq_scale: f32,
+        freq_factors: Option<&[f32]>,
+    ) -> Self {
         // Accumulated by repeated multiplication, as ggml does, so angles
         // round the same way.
         let theta_scale = base.powf(-2.0 / dims as f32);
-        let factors = (0..dims / 2).map(|i| freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)).collect();
-        Rope { dims, style, theta_scale, factors, freq_scale }
+        let factors = (0..dims / 2)
+            .map(|i| freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0))
+            .collect();
+        Rope {
+            dims,
+            style,
+            theta_scale,
+            factors,
+            freq_scale,
+        }
     }
 
     /// Fills `cos` and `sin` (each `dims / 2` long) for position `pos`.
@@ -152,7 +166,15 @@ mod tests {
         let x: Vec<f32> = (0..d).map(|i| i as f32 + 1.0).collect();
         let mut neox = x.clone();
         r1.apply(&mut neox, d, &c, &s);
-        let mut inter: Vec<f32> = (0..d).map(|i| if i % 2 == 0 { x[i / 2] } else { x[i / 2 + d / 2] }).collect();
+        let mut inter: Vec<f32> = (0..d)
+            .map(|i| {
+                if i % 2 == 0 {
+                    x[i / 2]
+                } else {
+                    x[i / 2 + d / 2]
+                }
+            })
+            .collect();
         r2.apply(&mut inter, d, &c, &s);
         for i in 0..d / 2 {
             assert!((inter[2 * i] - neox[i]).abs() < 1e-5);

@@ -52,7 +52,9 @@ pub struct ThreadPool {
 
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadPool").field("threads", &self.n).finish()
+        f.debug_struct("ThreadPool")
+            .field("threads", &self.n)
+            .finish()
     }
 }
 
@@ -61,7 +63,9 @@ impl ThreadPool {
     /// `0` means the number of available cores.
     pub fn new(threads: usize) -> Self {
         let n = if threads == 0 {
-            thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -85,7 +89,13 @@ impl ThreadPool {
             handles.push(h);
         }
         let threads = handles.iter().map(|h| h.thread().clone()).collect();
-        ThreadPool { shared, threads, handles, n, dispatch: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            threads,
+            handles,
+            n,
+            dispatch: Mutex::new(()),
+        }
     }
 
     /// Number of threads taking part in a job.
@@ -107,7 +117,8 @@ impl ThreadPool {
         let s = &*self.shared;
         // SAFETY: only the job pointer's lifetime is erased; `run` does not
         // return until every worker has stopped using it (`active == 0`).
-        let ptr: *const Task = unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Task>(f) };
+        let ptr: *const Task =
+            unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Task>(f) };
         // SAFETY: no worker reads `job` now: all finished the previous epoch.
         unsafe { *s.job.get() = Some(ptr) };
         s.tasks.store(tasks, SeqCst);

@@ -251,8 +251,12 @@ pub fn quantize_row(ty: WeightType, x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ty.row_bytes(x.len()));
     match ty {
         WeightType::F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
-        WeightType::F16 => x.iter().for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-        WeightType::BF16 => x.iter().for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
+        WeightType::F16 => x
+            .iter()
+            .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
+        WeightType::BF16 => x
+            .iter()
+            .for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
         WeightType::Q4_0 => {
             for c in x.chunks_exact(QK) {
                 let (mut amax, mut max) = (0f32, 0f32);
@@ -308,13 +312,24 @@ mod tests {
 
     #[test]
     fn quantize_then_dequantize_is_close() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0).collect();
-        for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0, WeightType::F16] {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0)
+            .collect();
+        for ty in [
+            WeightType::Q4_0,
+            WeightType::Q4_1,
+            WeightType::Q8_0,
+            WeightType::F16,
+        ] {
             let bytes = quantize_row(ty, &x);
             assert_eq!(bytes.len(), ty.row_bytes(64));
             let mut back = vec![0f32; 64];
             dequantize_row(ty, &bytes, &mut back);
-            let tol = if ty == WeightType::Q8_0 || ty == WeightType::F16 { 0.03 } else { 0.4 };
+            let tol = if ty == WeightType::Q8_0 || ty == WeightType::F16 {
+                0.03
+            } else {
+                0.4
+            };
             for (a, b) in x.iter().zip(&back) {
                 assert!((a - b).abs() <= tol, "{ty:?}: {a} vs {b}");
             }

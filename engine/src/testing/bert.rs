@@ -29,7 +29,15 @@ pub struct TinyBertSpec {
 
 impl Default for TinyBertSpec {
     fn default() -> Self {
-        TinyBertSpec { layers: 2, hidden: 32, heads: 4, ffn: 64, max_positions: 24, bert_prefix: false, seed: 7 }
+        TinyBertSpec {
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            ffn: 64,
+            max_positions: 24,
+            bert_prefix: false,
+            seed: 7,
+        }
     }
 }
 
@@ -39,13 +47,23 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// The tiny WordPiece vocabulary: `[PAD] [UNK] [CLS] [SEP] [MASK]`, a few
 /// words, the letters and digits, their `##` continuations, punctuation.
 pub fn tiny_bert_vocab() -> Vec<String> {
-    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
-    let words = ["the", "man", "is", "eating", "food", "girl", "baby", "bread", "piece", "of", "carrying", "##s", "##ing"];
+    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let words = [
+        "the", "man", "is", "eating", "food", "girl", "baby", "bread", "piece", "of", "carrying",
+        "##s", "##ing",
+    ];
     v.extend(words.iter().map(|s| s.to_string()));
     let chars: Vec<char> = ('a'..='z').chain('0'..='9').collect();
     v.extend(chars.iter().map(|c| c.to_string()));
     v.extend(chars.iter().map(|c| format!("##{c}")));
-    v.extend([".", ",", "!", "?", "-", ":", "'"].iter().map(|s| s.to_string()));
+    v.extend(
+        [".", ",", "!", "?", "-", ":", "'"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     v
 }
 
@@ -57,16 +75,40 @@ pub fn tiny_bert_tensors(spec: &TinyBertSpec) -> Vec<NamedTensor> {
     let (d, f) = (spec.hidden, spec.ffn);
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut rand = |shape: &[usize], scale: f32, center: f32| -> Vec<f32> {
-        (0..shape.iter().product::<usize>()).map(|_| center + rng.random_range(-1.0f32..1.0) * scale).collect()
+        (0..shape.iter().product::<usize>())
+            .map(|_| center + rng.random_range(-1.0f32..1.0) * scale)
+            .collect()
     };
     let p = if spec.bert_prefix { "bert." } else { "" };
     let mut out: Vec<NamedTensor> = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, vals: Vec<f32>| out.push((format!("{p}{name}"), shape, vals));
-    push("embeddings.word_embeddings.weight".into(), vec![vocab, d], rand(&[vocab, d], 1.0, 0.0));
-    push("embeddings.position_embeddings.weight".into(), vec![spec.max_positions, d], rand(&[spec.max_positions, d], 0.5, 0.0));
-    push("embeddings.token_type_embeddings.weight".into(), vec![2, d], rand(&[2, d], 0.5, 0.0));
-    push("embeddings.LayerNorm.weight".into(), vec![d], rand(&[d], 0.2, 1.0));
-    push("embeddings.LayerNorm.bias".into(), vec![d], rand(&[d], 0.1, 0.0));
+    let mut push = |name: String, shape: Vec<usize>, vals: Vec<f32>| {
+        out.push((format!("{p}{name}"), shape, vals))
+    };
+    push(
+        "embeddings.word_embeddings.weight".into(),
+        vec![vocab, d],
+        rand(&[vocab, d], 1.0, 0.0),
+    );
+    push(
+        "embeddings.position_embeddings.weight".into(),
+        vec![spec.max_positions, d],
+        rand(&[spec.max_positions, d], 0.5, 0.0),
+    );
+    push(
+        "embeddings.token_type_embeddings.weight".into(),
+        vec![2, d],
+        rand(&[2, d], 0.5, 0.0),
+    );
+    push(
+        "embeddings.LayerNorm.weight".into(),
+        vec![d],
+        rand(&[d], 0.2, 1.0),
+    );
+    push(
+        "embeddings.LayerNorm.bias".into(),
+        vec![d],
+        rand(&[d], 0.1, 0.0),
+    );
     for i in 0..spec.layers {
         let l = format!("encoder.layer.{i}.");
         for (name, rows, cols) in [
@@ -78,8 +120,16 @@ pub fn tiny_bert_tensors(spec: &TinyBertSpec) -> Vec<NamedTensor> {
             ("output.dense", d, f),
         ] {
             let scale = 1.7 / (cols as f32).sqrt();
-            push(format!("{l}{name}.weight"), vec![rows, cols], rand(&[rows, cols], scale, 0.0));
-            push(format!("{l}{name}.bias"), vec![rows], rand(&[rows], 0.1, 0.0));
+            push(
+                format!("{l}{name}.weight"),
+                vec![rows, cols],
+                rand(&[rows, cols], scale, 0.0),
+            );
+            push(
+                format!("{l}{name}.bias"),
+                vec![rows],
+                rand(&[rows], 0.1, 0.0),
+            );
         }
         for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
             push(format!("{l}{name}.weight"), vec![d], rand(&[d], 0.2, 1.0));
@@ -94,13 +144,33 @@ pub fn tiny_bert_tensors(spec: &TinyBertSpec) -> Vec<NamedTensor> {
 /// real checkpoints.
 pub fn write_bert_safetensors(path: &Path, tensors: &[NamedTensor], positions: usize) {
     use safetensors::{Dtype, tensor::TensorView};
-    let ids: Vec<u8> = (0..positions as i64).flat_map(|i| i.to_le_bytes()).collect();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let mut views: Vec<(String, TensorView<'_>)> =
-        bytes.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("valid view"))).collect();
+    let ids: Vec<u8> = (0..positions as i64)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let mut views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("valid view"),
+            )
+        })
+        .collect();
     if positions > 0 {
-        views.push(("embeddings.position_ids".into(), TensorView::new(Dtype::I64, vec![1, positions], &ids).expect("valid view")));
+        views.push((
+            "embeddings.position_ids".into(),
+            TensorView::new(Dtype::I64, vec![1, positions], &ids).expect("valid view"),
+        ));
     }
     safetensors::serialize_to_file(views, None, path).expect("writing model.safetensors");
 }
@@ -109,7 +179,11 @@ pub fn write_bert_safetensors(path: &Path, tensors: &[NamedTensor], positions: u
 pub fn write_tiny_bert(dir: &Path, spec: &TinyBertSpec) -> PathBuf {
     std::fs::create_dir_all(dir).expect("creating the model directory");
     let vocab = tiny_bert_vocab();
-    write_bert_safetensors(&dir.join("model.safetensors"), &tiny_bert_tensors(spec), spec.max_positions);
+    write_bert_safetensors(
+        &dir.join("model.safetensors"),
+        &tiny_bert_tensors(spec),
+        spec.max_positions,
+    );
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu", "hidden_size": spec.hidden,
         "intermediate_size": spec.ffn, "layer_norm_eps": 1e-12, "max_position_embeddings": spec.max_positions,

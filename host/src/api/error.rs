@@ -103,7 +103,10 @@ struct Detail<'a> {
 impl ApiError {
     /// A 400 naming the field.
     pub fn bad(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { message: message.into(), param: Some(param.into()) }
+        ApiError::BadRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
     }
 
     /// The HTTP status.
@@ -120,14 +123,20 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Denied { status, .. } => StatusCode::from_u16((*status).clamp(400, 599)).unwrap_or(StatusCode::FORBIDDEN),
+            ApiError::Denied { status, .. } => {
+                StatusCode::from_u16((*status).clamp(400, 599)).unwrap_or(StatusCode::FORBIDDEN)
+            }
         }
     }
 
     fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
         match self {
-            ApiError::BadRequest { .. } | ApiError::Unprocessable { .. } => ("invalid_request_error", None),
-            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            ApiError::BadRequest { .. } | ApiError::Unprocessable { .. } => {
+                ("invalid_request_error", None)
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                ("invalid_request_error", Some("request_too_large"))
+            }
             ApiError::BodyTimeout => ("invalid_request_error", Some("request_timeout")),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             ApiError::Unauthorized(_) => ("authentication_error", Some("invalid_api_key")),
@@ -159,7 +168,9 @@ impl ApiError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            ApiError::BadRequest { param, .. } | ApiError::Unprocessable { param, .. } => param.as_deref(),
+            ApiError::BadRequest { param, .. } | ApiError::Unprocessable { param, .. } => {
+                param.as_deref()
+            }
             ApiError::ModelNotFound(_) => Some("model"),
             _ => None,
         }
@@ -167,7 +178,14 @@ impl ApiError {
 
     fn body(&self) -> Body<'_> {
         let (kind, _) = self.kind_and_code();
-        Body { error: Detail { message: self.to_string(), kind, param: self.param(), code: self.code() } }
+        Body {
+            error: Detail {
+                message: self.to_string(),
+                kind,
+                param: self.param(),
+                code: self.code(),
+            },
+        }
     }
 
     /// The error as the `data:` payload of a server-sent event.
@@ -181,12 +199,18 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), Json(self.body())).into_response();
         if let ApiError::Denied { headers, .. } = &self {
             for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                if let (Ok(k), Ok(v)) = (
+                    header::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
                     resp.headers_mut().insert(k, v);
                 }
             }
         }
-        if let ApiError::RateLimited { retry_after: Some(s), .. } = &self
+        if let ApiError::RateLimited {
+            retry_after: Some(s),
+            ..
+        } = &self
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -198,10 +222,22 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::InvalidParameter { field, message } => ApiError::BadRequest { message: format!("invalid `{field}`: {message}"), param: Some(field.to_string()) },
-            EngineError::ContextLength { .. } => ApiError::BadRequest { message: e.to_string(), param: Some("messages".into()) },
-            EngineError::Template(m) => ApiError::BadRequest { message: format!("the chat template refused the messages: {m}"), param: Some("messages".into()) },
-            EngineError::Tokenizer(m) => ApiError::BadRequest { message: format!("could not tokenize the input: {m}"), param: None },
+            EngineError::InvalidParameter { field, message } => ApiError::BadRequest {
+                message: format!("invalid `{field}`: {message}"),
+                param: Some(field.to_string()),
+            },
+            EngineError::ContextLength { .. } => ApiError::BadRequest {
+                message: e.to_string(),
+                param: Some("messages".into()),
+            },
+            EngineError::Template(m) => ApiError::BadRequest {
+                message: format!("the chat template refused the messages: {m}"),
+                param: Some("messages".into()),
+            },
+            EngineError::Tokenizer(m) => ApiError::BadRequest {
+                message: format!("could not tokenize the input: {m}"),
+                param: None,
+            },
             other => {
                 tracing::error!(error = %other, "engine failure");
                 ApiError::Internal
@@ -218,15 +254,56 @@ mod tests {
     fn every_error_has_its_status_and_openai_shape() {
         let cases = [
             (ApiError::bad("n", "bad n"), 400, "invalid_request_error"),
-            (ApiError::Unauthorized("missing key".into()), 401, "authentication_error"),
-            (ApiError::Forbidden("needs scope admin".into()), 403, "permission_error"),
-            (ApiError::ModelNotFound("x".into()), 404, "invalid_request_error"),
-            (ApiError::RouteNotFound { method: "GET".into(), path: "/x".into() }, 404, "invalid_request_error"),
-            (ApiError::MethodNotAllowed("PUT".into()), 405, "invalid_request_error"),
+            (
+                ApiError::Unauthorized("missing key".into()),
+                401,
+                "authentication_error",
+            ),
+            (
+                ApiError::Forbidden("needs scope admin".into()),
+                403,
+                "permission_error",
+            ),
+            (
+                ApiError::ModelNotFound("x".into()),
+                404,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::RouteNotFound {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                },
+                404,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::MethodNotAllowed("PUT".into()),
+                405,
+                "invalid_request_error",
+            ),
             (ApiError::BodyTimeout, 408, "invalid_request_error"),
-            (ApiError::PayloadTooLarge { limit: 10 }, 413, "invalid_request_error"),
-            (ApiError::Unprocessable { message: "m".into(), param: None }, 422, "invalid_request_error"),
-            (ApiError::RateLimited { message: "slow down".into(), retry_after: Some(3) }, 429, "rate_limit_error"),
+            (
+                ApiError::PayloadTooLarge { limit: 10 },
+                413,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::Unprocessable {
+                    message: "m".into(),
+                    param: None,
+                },
+                422,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::RateLimited {
+                    message: "slow down".into(),
+                    retry_after: Some(3),
+                },
+                429,
+                "rate_limit_error",
+            ),
             (ApiError::Internal, 500, "server_error"),
             (ApiError::Unavailable("loading".into()), 503, "server_error"),
         ];
@@ -234,7 +311,11 @@ mod tests {
             assert_eq!(e.status().as_u16(), status, "{e:?}");
             let v: serde_json::Value = serde_json::from_str(&e.sse_event()).unwrap();
             assert_eq!(v["error"]["type"], kind);
-            assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
             let resp = e.clone().into_response();
             if status == 429 {
                 assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
@@ -244,7 +325,11 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_details() {
-        let e: ApiError = EngineError::Io { path: "/secret/model.gguf".into(), source: std::io::Error::other("disk") }.into();
+        let e: ApiError = EngineError::Io {
+            path: "/secret/model.gguf".into(),
+            source: std::io::Error::other("disk"),
+        }
+        .into();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.sse_event().contains("secret"));
     }

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bindings::shared::palisade::plugin::types::{Pair, Principal, RequestContext, RequestMeta, Sampling};
+use super::bindings::shared::palisade::plugin::types::{
+    Pair, Principal, RequestContext, RequestMeta, Sampling,
+};
 use super::pipeline::Pipeline;
 use super::policy::Policy;
 use crate::HostError;
@@ -26,12 +28,27 @@ fn row(out: &mut String, name: &str, v: &mut [f64]) {
 
 /// Runs the benchmark on `route` of `policy_file` with `key` as the API
 /// key, `iterations` requests and a stream of `chunks` chunks.
-pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks: usize) -> Result<String, HostError> {
-    let pace_us: u64 = std::env::var("PALISADE_BENCH_PACE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+pub fn run(
+    policy_file: &Path,
+    route: &str,
+    key: &str,
+    iterations: usize,
+    chunks: usize,
+) -> Result<String, HostError> {
+    let pace_us: u64 = std::env::var("PALISADE_BENCH_PACE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let policy = Policy::load(policy_file, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
     let pipeline = Arc::new(Pipeline::build(policy)?);
-    let rule = pipeline.rule(route).ok_or_else(|| HostError::Policy(format!("no rule for {route}")))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| HostError::Server(e.to_string()))?;
+    let rule = pipeline
+        .rule(route)
+        .ok_or_else(|| HostError::Policy(format!("no rule for {route}")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| HostError::Server(e.to_string()))?;
     let key = key.to_string();
     let route_s = route.to_string();
     let p2 = pipeline.clone();
@@ -42,23 +59,47 @@ pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks
                 method: "POST".into(),
                 path: route_s.clone(),
                 route: route_s.clone(),
-                headers: vec![Pair { name: "authorization".into(), value: format!("Bearer {key}") }, Pair { name: "content-type".into(), value: "application/json".into() }],
+                headers: vec![
+                    Pair {
+                        name: "authorization".into(),
+                        value: format!("Bearer {key}"),
+                    },
+                    Pair {
+                        name: "content-type".into(),
+                        value: "application/json".into(),
+                    },
+                ],
                 client_addr: "127.0.0.1".into(),
             };
             let ctx = RequestContext {
-                principal: Principal { id: "bench".into(), tenant: "bench".into(), scopes: vec!["inference".into()], labels: vec![] },
+                principal: Principal {
+                    id: "bench".into(),
+                    tenant: "bench".into(),
+                    scopes: vec!["inference".into()],
+                    labels: vec![],
+                },
                 route: route_s.clone(),
                 model: "m".into(),
-                messages: vec![super::bindings::shared::palisade::plugin::types::Message { role: super::bindings::shared::palisade::plugin::types::Role::User, content: "Write a haiku about the sea.".into() }],
+                messages: vec![super::bindings::shared::palisade::plugin::types::Message {
+                    role: super::bindings::shared::palisade::plugin::types::Role::User,
+                    content: "Write a haiku about the sea.".into(),
+                }],
                 prompts: vec![],
                 prompt_tokens: 40,
                 max_tokens: 128,
                 n: 1,
-                sampling: Sampling { temperature: 0.7, top_p: 1.0, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0 },
+                sampling: Sampling {
+                    temperature: 0.7,
+                    top_p: 1.0,
+                    seed: None,
+                    presence_penalty: 0.0,
+                    frequency_penalty: 0.0,
+                },
                 client_addr: "127.0.0.1".into(),
                 request_id: "req-bench".into(),
             };
-            let (mut chain_us, mut auth_us, mut adm_us, mut base_us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut chain_us, mut auth_us, mut adm_us, mut base_us) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..iterations + 200 {
                 // Pace like a server would (prewarming runs between requests).
                 if pace_us > 0 {
@@ -74,7 +115,11 @@ pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks
                 let _ = std::hint::black_box(Vec::<u8>::new());
                 let t4 = Instant::now();
                 if a.is_err() || b.is_err() {
-                    return Err(format!("a stage refused the benchmark request: {:?} {:?}", a.err(), b.err()));
+                    return Err(format!(
+                        "a stage refused the benchmark request: {:?} {:?}",
+                        a.err(),
+                        b.err()
+                    ));
                 }
                 if i >= 200 {
                     chain_us.push(t2.duration_since(t0).as_secs_f64() * 1e6);
@@ -101,12 +146,20 @@ pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks
                 let _ = chain.finish(0);
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            Ok((chain_us, auth_us, adm_us, base_us, per_chunk, per_stream_setup))
+            Ok((
+                chain_us,
+                auth_us,
+                adm_us,
+                base_us,
+                per_chunk,
+                per_stream_setup,
+            ))
         })
         .await
         .map_err(|e| e.to_string())?
     });
-    let (mut chain, mut auth, mut adm, mut base, mut chunk, mut setup) = result.map_err(HostError::Server)?;
+    let (mut chain, mut auth, mut adm, mut base, mut chunk, mut setup) =
+        result.map_err(HostError::Server)?;
     let mut out = format!(
         "policy {}, route {route}: auth {:?}, admission {:?}, output {:?}; {iterations} requests, {} chunks per stream\n\n| measurement | p50 us | p99 us | mean us |\n|---|---:|---:|---:|\n",
         policy_file.display(),
@@ -118,10 +171,18 @@ pub fn run(policy_file: &Path, route: &str, key: &str, iterations: usize, chunks
     row(&mut out, "no stages (baseline)", &mut base);
     row(&mut out, "auth", &mut auth);
     row(&mut out, "admission (all stages)", &mut adm);
-    row(&mut out, "request-side chain (auth + admission)", &mut chain);
+    row(
+        &mut out,
+        "request-side chain (auth + admission)",
+        &mut chain,
+    );
     if !chunk.is_empty() {
         row(&mut out, "output filter chain, per chunk", &mut chunk);
-        row(&mut out, "output filter chain, per stream setup", &mut setup);
+        row(
+            &mut out,
+            "output filter chain, per stream setup",
+            &mut setup,
+        );
     }
     Ok(out)
 }

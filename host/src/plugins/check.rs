@@ -24,7 +24,12 @@ pub fn run(file: &Path) -> Result<String, HostError> {
         }
         stages.extend(rule.admission.iter().map(|a| format!("admission {a}")));
         stages.extend(rule.output.iter().map(|o| format!("output {o}")));
-        let _ = writeln!(out, "{method:<5} {route:<24} {}  [fail-{:?}]", stages.join(" -> "), rule.failure);
+        let _ = writeln!(
+            out,
+            "{method:<5} {route:<24} {}  [fail-{:?}]",
+            stages.join(" -> "),
+            rule.failure
+        );
     }
     Ok(out)
 }

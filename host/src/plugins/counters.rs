@@ -25,14 +25,19 @@ pub struct MemoryCounters {
 
 impl Default for MemoryCounters {
     fn default() -> Self {
-        MemoryCounters { start: Instant::now(), map: Mutex::new(HashMap::new()) }
+        MemoryCounters {
+            start: Instant::now(),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl CounterStore for MemoryCounters {
     fn add(&self, key: &str, delta: i64, window_ms: u64) -> Result<(i64, u64), String> {
         if window_ms == 0 || window_ms > 366 * 86_400_000 {
-            return Err(format!("window of {window_ms} ms is out of range (1 ms to 366 days)"));
+            return Err(format!(
+                "window of {window_ms} ms is out of range (1 ms to 366 days)"
+            ));
         }
         let now = self.start.elapsed().as_millis() as u64;
         let window = now / window_ms;
@@ -67,6 +72,10 @@ mod tests {
         let (v, _) = c.add("short", 1, 20).unwrap();
         assert_eq!(v, 1);
         std::thread::sleep(std::time::Duration::from_millis(45));
-        assert_eq!(c.add("short", 1, 20).unwrap().0, 1, "a new window starts at zero");
+        assert_eq!(
+            c.add("short", 1, 20).unwrap().0,
+            1,
+            "a new window starts at zero"
+        );
     }
 }

@@ -25,12 +25,19 @@ pub fn private_dir(dir: &Path) -> Result<(), HostError> {
             .create(dir)
             .map_err(|e| HostError::Plugin(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let meta = std::fs::metadata(dir).map_err(|e| HostError::Plugin(format!("{}: {e}", dir.display())))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| HostError::Plugin(format!("{}: {e}", dir.display())))?;
     // SAFETY-free: geteuid via the metadata of a file we just created is not
     // available portably; compare with the owner of our own process dir.
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(meta.uid());
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(meta.uid());
     if meta.uid() != me {
-        return Err(HostError::Plugin(format!("{} is owned by uid {}, not by this user ({me}); use a directory you own", dir.display(), meta.uid())));
+        return Err(HostError::Plugin(format!(
+            "{} is owned by uid {}, not by this user ({me}); use a directory you own",
+            dir.display(),
+            meta.uid()
+        )));
     }
     if meta.permissions().mode() & 0o022 != 0 {
         return Err(HostError::Plugin(format!(

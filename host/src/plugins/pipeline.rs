@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::bindings::shared::palisade::plugin::types::{AdmissionVerdict, Denial, FilterVerdict, Principal, RequestContext, RequestMeta, Rewrite};
+use super::bindings::shared::palisade::plugin::types::{
+    AdmissionVerdict, Denial, FilterVerdict, Principal, RequestContext, RequestMeta, Rewrite,
+};
 use super::counters::{CounterStore, MemoryCounters};
 use super::policy::{FailureMode, Policy, RouteRule};
 use super::runtime::{Instance, LoadedPlugin, PluginStore, Runtime, StageFailure, timed};
@@ -54,13 +56,17 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("plugins", &self.plugins.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Pipeline")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 /// The client-facing error for a failed closed stage (no details).
 fn closed(stage: &str) -> ApiError {
-    ApiError::Unavailable(format!("a security check ({stage}) could not run; the request was refused"))
+    ApiError::Unavailable(format!(
+        "a security check ({stage}) could not run; the request was refused"
+    ))
 }
 
 fn denied(d: Denial) -> ApiError {
@@ -72,7 +78,12 @@ fn denied(d: Denial) -> ApiError {
         }
         message.truncate(cut);
     }
-    ApiError::Denied { status: d.status, code: d.code, message, headers: d.headers.into_iter().map(|p| (p.name, p.value)).collect() }
+    ApiError::Denied {
+        status: d.status,
+        code: d.code,
+        message,
+        headers: d.headers.into_iter().map(|p| (p.name, p.value)).collect(),
+    }
 }
 
 impl Pipeline {
@@ -83,29 +94,41 @@ impl Pipeline {
 
     /// Loads every plugin of `policy` with a counters backend.
     pub fn build_with(policy: Policy, counters: Arc<dyn CounterStore>) -> Result<Self, HostError> {
-        let max_mem = policy.plugins.values().map(|p| (p.limits.memory_mb as usize) << 20).max().unwrap_or(16 << 20);
+        let max_mem = policy
+            .plugins
+            .values()
+            .map(|p| (p.limits.memory_mb as usize) << 20)
+            .max()
+            .unwrap_or(16 << 20);
         let fuel = policy.plugins.values().any(|p| p.limits.fuel > 0);
         let runtime = Runtime::new(&policy.runtime, max_mem, fuel)?;
         let mut plugins = BTreeMap::new();
         for (name, spec) in &policy.plugins {
             plugins.insert(name.clone(), runtime.load(name, spec, counters.clone())?);
         }
-        Ok(Pipeline { policy, plugins, _runtime: runtime, stats: Mutex::default() })
+        Ok(Pipeline {
+            policy,
+            plugins,
+            _runtime: runtime,
+            stats: Mutex::default(),
+        })
     }
 
     /// The rule for a route pattern (default-public routes get a public
     /// rule).
     pub fn rule(&self, route: &str) -> Option<RouteRule> {
         self.policy.rule_for(route).cloned().or_else(|| {
-            super::policy::DEFAULT_PUBLIC.contains(&route).then(|| RouteRule {
-                path: route.to_string(),
-                public: true,
-                auth: None,
-                scopes: vec![],
-                admission: vec![],
-                output: vec![],
-                failure: FailureMode::Closed,
-            })
+            super::policy::DEFAULT_PUBLIC
+                .contains(&route)
+                .then(|| RouteRule {
+                    path: route.to_string(),
+                    public: true,
+                    auth: None,
+                    scopes: vec![],
+                    admission: vec![],
+                    output: vec![],
+                    failure: FailureMode::Closed,
+                })
         })
     }
 
@@ -117,41 +140,85 @@ impl Pipeline {
     fn note(&self, rec: &StageRecord) {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = rec.verdict.split(':').next().unwrap_or("").to_string();
-        *s.outcomes.entry((rec.plugin.clone(), rec.stage, outcome)).or_default() += 1;
-        let b = s.latency.entry((rec.plugin.clone(), rec.stage)).or_default();
+        *s.outcomes
+            .entry((rec.plugin.clone(), rec.stage, outcome))
+            .or_default() += 1;
+        let b = s
+            .latency
+            .entry((rec.plugin.clone(), rec.stage))
+            .or_default();
         for (i, lim) in LATENCY_BUCKETS_US.iter().enumerate() {
             if rec.micros <= *lim {
                 b[i] += 1;
             }
         }
         b[8] += 1;
-        let sm = s.sum_micros.entry((rec.plugin.clone(), rec.stage)).or_default();
+        let sm = s
+            .sum_micros
+            .entry((rec.plugin.clone(), rec.stage))
+            .or_default();
         sm.0 += rec.micros;
         sm.1 += 1;
     }
 
-    fn record(&self, out: &mut Vec<StageRecord>, stage: &'static str, plugin: &str, verdict: String, micros: u64, detail: Option<String>) {
-        let r = StageRecord { stage, plugin: plugin.to_string(), verdict, micros, detail };
+    fn record(
+        &self,
+        out: &mut Vec<StageRecord>,
+        stage: &'static str,
+        plugin: &str,
+        verdict: String,
+        micros: u64,
+        detail: Option<String>,
+    ) {
+        let r = StageRecord {
+            stage,
+            plugin: plugin.to_string(),
+            verdict,
+            micros,
+            detail,
+        };
         self.note(&r);
         out.push(r);
     }
 
-    fn fail(&self, out: &mut Vec<StageRecord>, stage: &'static str, f: &StageFailure, micros: u64, mode: FailureMode) -> Result<(), ApiError> {
+    fn fail(
+        &self,
+        out: &mut Vec<StageRecord>,
+        stage: &'static str,
+        f: &StageFailure,
+        micros: u64,
+        mode: FailureMode,
+    ) -> Result<(), ApiError> {
         tracing::warn!(plugin = %f.plugin, stage, kind = f.kind.as_str(), detail = %f.detail, "plugin stage failed");
         let open = mode == FailureMode::Open;
-        let verdict = format!("{}:{}", if open { "error-open" } else { "error" }, f.kind.as_str());
+        let verdict = format!(
+            "{}:{}",
+            if open { "error-open" } else { "error" },
+            f.kind.as_str()
+        );
         self.record(out, stage, &f.plugin, verdict, micros, None);
         if open { Ok(()) } else { Err(closed(stage)) }
     }
 
     /// Runs the route's authenticator. `Ok(None)` for public routes.
-    pub fn authenticate(&self, rule: &RouteRule, meta: &RequestMeta, out: &mut Vec<StageRecord>) -> Result<Option<Principal>, ApiError> {
-        let Some(name) = &rule.auth else { return Ok(None) };
+    pub fn authenticate(
+        &self,
+        rule: &RouteRule,
+        meta: &RequestMeta,
+        out: &mut Vec<StageRecord>,
+    ) -> Result<Option<Principal>, ApiError> {
+        let Some(name) = &rule.auth else {
+            return Ok(None);
+        };
         let p = self.plugin(name);
         let (r, t) = timed(|| -> Result<Result<Principal, Denial>, StageFailure> {
             let (mut store, inst) = p.checkout()?;
-            let Instance::Auth(a) = inst else { unreachable!("kind checked at load") };
-            let r = a.call_authenticate(&mut store, meta).map_err(|e| p.classify(&store, e));
+            let Instance::Auth(a) = inst else {
+                unreachable!("kind checked at load")
+            };
+            let r = a
+                .call_authenticate(&mut store, meta)
+                .map_err(|e| p.classify(&store, e));
             p.dispose(store);
             r
         });
@@ -160,7 +227,10 @@ impl Pipeline {
             Ok(Ok(principal)) => {
                 self.record(out, "auth", name, "allow".into(), us, None);
                 if let Some(missing) = rule.scopes.iter().find(|s| !principal.scopes.contains(s)) {
-                    return Err(ApiError::Forbidden(format!("this route needs the `{missing}` scope, which `{}` does not have", principal.id)));
+                    return Err(ApiError::Forbidden(format!(
+                        "this route needs the `{missing}` scope, which `{}` does not have",
+                        principal.id
+                    )));
                 }
                 Ok(Some(principal))
             }
@@ -172,36 +242,70 @@ impl Pipeline {
                 self.fail(out, "auth", &f, us, rule.failure)?;
                 // Fail-open authentication: an anonymous principal without scopes.
                 if rule.scopes.is_empty() {
-                    Ok(Some(Principal { id: "anonymous".into(), tenant: String::new(), scopes: vec![], labels: vec![] }))
+                    Ok(Some(Principal {
+                        id: "anonymous".into(),
+                        tenant: String::new(),
+                        scopes: vec![],
+                        labels: vec![],
+                    }))
                 } else {
-                    Err(ApiError::Forbidden("authentication was skipped and this route needs scopes".into()))
+                    Err(ApiError::Forbidden(
+                        "authentication was skipped and this route needs scopes".into(),
+                    ))
                 }
             }
         }
     }
 
     /// Runs the admission stages in order; returns the rewrites to apply.
-    pub fn admit(&self, rule: &RouteRule, ctx: &RequestContext, out: &mut Vec<StageRecord>) -> Result<Vec<Rewrite>, ApiError> {
+    pub fn admit(
+        &self,
+        rule: &RouteRule,
+        ctx: &RequestContext,
+        out: &mut Vec<StageRecord>,
+    ) -> Result<Vec<Rewrite>, ApiError> {
         let mut rewrites = Vec::new();
         for name in &rule.admission {
             let p = self.plugin(name);
             let (r, t) = timed(|| -> Result<AdmissionVerdict, StageFailure> {
                 let (mut store, inst) = p.checkout()?;
-                let Instance::Admission(a) = inst else { unreachable!("kind checked at load") };
-                let r = a.call_admit(&mut store, ctx).map_err(|e| p.classify(&store, e));
+                let Instance::Admission(a) = inst else {
+                    unreachable!("kind checked at load")
+                };
+                let r = a
+                    .call_admit(&mut store, ctx)
+                    .map_err(|e| p.classify(&store, e));
                 p.dispose(store);
                 r
             });
             let us = t.as_micros() as u64;
             match r {
-                Ok(AdmissionVerdict::Allow) => self.record(out, "admission", name, "allow".into(), us, None),
-                Ok(AdmissionVerdict::Flag(note)) => self.record(out, "admission", name, "flag".into(), us, Some(note)),
+                Ok(AdmissionVerdict::Allow) => {
+                    self.record(out, "admission", name, "allow".into(), us, None)
+                }
+                Ok(AdmissionVerdict::Flag(note)) => {
+                    self.record(out, "admission", name, "flag".into(), us, Some(note))
+                }
                 Ok(AdmissionVerdict::Rewrite(rw)) => {
-                    self.record(out, "admission", name, "rewrite".into(), us, Some(rw.note.clone()));
+                    self.record(
+                        out,
+                        "admission",
+                        name,
+                        "rewrite".into(),
+                        us,
+                        Some(rw.note.clone()),
+                    );
                     rewrites.push(rw);
                 }
                 Ok(AdmissionVerdict::Deny(d)) => {
-                    self.record(out, "admission", name, "deny".into(), us, Some(d.code.clone()));
+                    self.record(
+                        out,
+                        "admission",
+                        name,
+                        "deny".into(),
+                        us,
+                        Some(d.code.clone()),
+                    );
                     return Err(denied(d));
                 }
                 Err(f) => self.fail(out, "admission", &f, us, rule.failure)?,
@@ -217,8 +321,12 @@ impl Pipeline {
             let p = self.plugin(name);
             let (r, _) = timed(|| {
                 p.checkout().and_then(|(mut store, inst)| {
-                    let Instance::Admission(a) = inst else { unreachable!("kind checked at load") };
-                    let r = a.call_completed(&mut store, ctx, tokens).map_err(|e| p.classify(&store, e));
+                    let Instance::Admission(a) = inst else {
+                        unreachable!("kind checked at load")
+                    };
+                    let r = a
+                        .call_completed(&mut store, ctx, tokens)
+                        .map_err(|e| p.classify(&store, e));
                     p.dispose(store);
                     r
                 })
@@ -236,30 +344,70 @@ impl Pipeline {
         for name in &rule.output {
             let p = self.plugin(name).clone();
             match p.checkout() {
-                Ok((store, Instance::Filter(f))) => stages.push(FilterStage { plugin: p, store: Some(store), filter: f, failed: false }),
+                Ok((store, Instance::Filter(f))) => stages.push(FilterStage {
+                    plugin: p,
+                    store: Some(store),
+                    filter: f,
+                    failed: false,
+                }),
                 Ok(_) => unreachable!("kind checked at load"),
                 Err(f) => self.fail(&mut records, "output", &f, 0, rule.failure)?,
             }
         }
-        Ok(OutputChain { pipeline: self.clone(), stages, mode: rule.failure, records, calls: BTreeMap::new() })
+        Ok(OutputChain {
+            pipeline: self.clone(),
+            stages,
+            mode: rule.failure,
+            records,
+            calls: BTreeMap::new(),
+        })
     }
 
     /// Per-plugin metrics in Prometheus text.
     pub fn render_metrics(&self, out: &mut String) {
         let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "# HELP palisade_plugin_calls_total Plugin calls by plugin, stage and outcome.\n# TYPE palisade_plugin_calls_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP palisade_plugin_calls_total Plugin calls by plugin, stage and outcome.\n# TYPE palisade_plugin_calls_total counter"
+        );
         for ((plugin, stage, outcome), n) in &s.outcomes {
-            let _ = writeln!(out, "palisade_plugin_calls_total{{plugin=\"{plugin}\",stage=\"{stage}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "palisade_plugin_calls_total{{plugin=\"{plugin}\",stage=\"{stage}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "# HELP palisade_plugin_latency_seconds Plugin call latency.\n# TYPE palisade_plugin_latency_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP palisade_plugin_latency_seconds Plugin call latency.\n# TYPE palisade_plugin_latency_seconds histogram"
+        );
         for ((plugin, stage), b) in &s.latency {
             for (i, lim) in LATENCY_BUCKETS_US.iter().enumerate() {
-                let _ = writeln!(out, "palisade_plugin_latency_seconds_bucket{{plugin=\"{plugin}\",stage=\"{stage}\",le=\"{}\"}} {}", *lim as f64 / 1e6, b[i]);
+                let _ = writeln!(
+                    out,
+                    "palisade_plugin_latency_seconds_bucket{{plugin=\"{plugin}\",stage=\"{stage}\",le=\"{}\"}} {}",
+                    *lim as f64 / 1e6,
+                    b[i]
+                );
             }
-            let _ = writeln!(out, "palisade_plugin_latency_seconds_bucket{{plugin=\"{plugin}\",stage=\"{stage}\",le=\"+Inf\"}} {}", b[8]);
-            let (sum, n) = s.sum_micros.get(&(plugin.clone(), stage)).copied().unwrap_or_default();
-            let _ = writeln!(out, "palisade_plugin_latency_seconds_sum{{plugin=\"{plugin}\",stage=\"{stage}\"}} {}", sum as f64 / 1e6);
-            let _ = writeln!(out, "palisade_plugin_latency_seconds_count{{plugin=\"{plugin}\",stage=\"{stage}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "palisade_plugin_latency_seconds_bucket{{plugin=\"{plugin}\",stage=\"{stage}\",le=\"+Inf\"}} {}",
+                b[8]
+            );
+            let (sum, n) = s
+                .sum_micros
+                .get(&(plugin.clone(), stage))
+                .copied()
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "palisade_plugin_latency_seconds_sum{{plugin=\"{plugin}\",stage=\"{stage}\"}} {}",
+                sum as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "palisade_plugin_latency_seconds_count{{plugin=\"{plugin}\",stage=\"{stage}\"}} {n}"
+            );
         }
     }
 
@@ -267,8 +415,18 @@ impl Pipeline {
     pub fn describe(&self) -> String {
         let mut s = String::new();
         for (name, p) in &self.plugins {
-            let _ = writeln!(s, "plugin {name}: {:?}, memory {} MiB, deadline {} ms{}", p.kind, p.limits.memory_mb, p.limits.deadline_ms,
-                if p.limits.fuel > 0 { format!(", fuel {}", p.limits.fuel) } else { String::new() });
+            let _ = writeln!(
+                s,
+                "plugin {name}: {:?}, memory {} MiB, deadline {} ms{}",
+                p.kind,
+                p.limits.memory_mb,
+                p.limits.deadline_ms,
+                if p.limits.fuel > 0 {
+                    format!(", fuel {}", p.limits.fuel)
+                } else {
+                    String::new()
+                }
+            );
         }
         s
     }
@@ -317,12 +475,27 @@ impl OutputChain {
             let mut emitted = String::new();
             // At the end, a stage first filters what earlier stages released,
             // then flushes what it holds.
-            let calls: Vec<bool> = if finish { vec![false, true] } else { vec![false] };
+            let calls: Vec<bool> = if finish {
+                vec![false, true]
+            } else {
+                vec![false]
+            };
             for is_finish in calls {
-                let Some(store) = st.store.as_mut() else { break };
+                let Some(store) = st.store.as_mut() else {
+                    break;
+                };
                 st.plugin.arm(store);
-                let (r, t) = timed(|| if is_finish { st.filter.call_finish(&mut *store, index) } else { st.filter.call_filter(&mut *store, index, &text) });
-                let e = self.calls.entry(st.plugin.info.name.clone()).or_insert((0, 0, "pass".into()));
+                let (r, t) = timed(|| {
+                    if is_finish {
+                        st.filter.call_finish(&mut *store, index)
+                    } else {
+                        st.filter.call_filter(&mut *store, index, &text)
+                    }
+                });
+                let e =
+                    self.calls
+                        .entry(st.plugin.info.name.clone())
+                        .or_insert((0, 0, "pass".into()));
                 e.0 += 1;
                 e.1 += t.as_micros() as u64;
                 match r {
@@ -374,7 +547,13 @@ impl OutputChain {
     pub fn into_records(mut self) -> Vec<StageRecord> {
         let mut out = std::mem::take(&mut self.records);
         for (plugin, (calls, us, verdict)) in std::mem::take(&mut self.calls) {
-            let r = StageRecord { stage: "output", plugin, verdict, micros: us, detail: Some(format!("{calls} calls")) };
+            let r = StageRecord {
+                stage: "output",
+                plugin,
+                verdict,
+                micros: us,
+                detail: Some(format!("{calls} calls")),
+            };
             self.pipeline.note(&r);
             out.push(r);
         }

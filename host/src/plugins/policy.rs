@@ -42,7 +42,11 @@ pub struct RuntimeSection {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        RuntimeSection { cache_dir: None, max_instances: 512, prewarm: 4 }
+        RuntimeSection {
+            cache_dir: None,
+            max_instances: 512,
+            prewarm: 4,
+        }
     }
 }
 
@@ -103,7 +107,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_mb: 64, deadline_ms: 50, fuel: 0 }
+        Limits {
+            memory_mb: 64,
+            deadline_ms: 50,
+            fuel: 0,
+        }
     }
 }
 
@@ -121,7 +129,11 @@ pub struct Grants {
 
 impl Default for Grants {
     fn default() -> Self {
-        Grants { log: true, counters: false, clock: false }
+        Grants {
+            log: true,
+            counters: false,
+            clock: false,
+        }
     }
 }
 
@@ -178,8 +190,10 @@ pub const DEFAULT_PUBLIC: &[&str] = &["/health"];
 impl Policy {
     /// Reads and checks a policy file against the server's routes.
     pub fn load(path: &Path, routes: &[&str]) -> Result<Self, HostError> {
-        let text = std::fs::read_to_string(path).map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
-        let mut p: Policy = toml::from_str(&text).map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
+        let mut p: Policy = toml::from_str(&text)
+            .map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for spec in p.plugins.values_mut() {
             if spec.path.is_relative() {
@@ -198,13 +212,22 @@ impl Policy {
                 return bad(format!("plugin `{name}`: sha256 must be 64 hex digits"));
             }
             let l = spec.limits;
-            if l.memory_mb == 0 || l.memory_mb > 4096 || l.deadline_ms == 0 || l.deadline_ms > 60_000 {
-                return bad(format!("plugin `{name}`: limits out of range (memory_mb 1..=4096, deadline_ms 1..=60000)"));
+            if l.memory_mb == 0
+                || l.memory_mb > 4096
+                || l.deadline_ms == 0
+                || l.deadline_ms > 60_000
+            {
+                return bad(format!(
+                    "plugin `{name}`: limits out of range (memory_mb 1..=4096, deadline_ms 1..=60000)"
+                ));
             }
         }
         let kind_of = |name: &str, want: PluginKind, rule: &RouteRule| -> Result<(), HostError> {
             match self.plugins.get(name) {
-                None => Err(HostError::Policy(format!("route `{}` names plugin `{name}`, which is not defined", rule.path))),
+                None => Err(HostError::Policy(format!(
+                    "route `{}` names plugin `{name}`, which is not defined",
+                    rule.path
+                ))),
                 Some(s) if s.kind != want => Err(HostError::Policy(format!(
                     "route `{}` uses `{name}` as {want:?}, but it is a {:?} plugin",
                     rule.path, s.kind
@@ -214,13 +237,22 @@ impl Policy {
         };
         for rule in &self.routes {
             if rule.public && rule.auth.is_some() {
-                return bad(format!("route `{}` is both public and has an auth stage", rule.path));
+                return bad(format!(
+                    "route `{}` is both public and has an auth stage",
+                    rule.path
+                ));
             }
             if !rule.public && rule.auth.is_none() {
-                return bad(format!("route `{}` has no auth stage; give it one or mark it `public = true`", rule.path));
+                return bad(format!(
+                    "route `{}` has no auth stage; give it one or mark it `public = true`",
+                    rule.path
+                ));
             }
             if rule.public && !rule.scopes.is_empty() {
-                return bad(format!("route `{}` is public but requires scopes", rule.path));
+                return bad(format!(
+                    "route `{}` is public but requires scopes",
+                    rule.path
+                ));
             }
             if let Some(a) = &rule.auth {
                 kind_of(a, PluginKind::Authenticator, rule)?;
@@ -232,7 +264,11 @@ impl Policy {
                 kind_of(o, PluginKind::OutputFilter, rule)?;
             }
         }
-        let uncovered: Vec<&str> = routes.iter().copied().filter(|r| self.rule_for(r).is_none() && !DEFAULT_PUBLIC.contains(r)).collect();
+        let uncovered: Vec<&str> = routes
+            .iter()
+            .copied()
+            .filter(|r| self.rule_for(r).is_none() && !DEFAULT_PUBLIC.contains(r))
+            .collect();
         if !uncovered.is_empty() {
             return bad(format!(
                 "these routes have no policy entry (give each an auth stage or `public = true`): {}",
@@ -264,23 +300,45 @@ mod tests {
 
     #[test]
     fn uncovered_routes_are_named() {
-        let e = parse(&format!("{AUTH}[[routes]]\npath = \"/v1/*\"\nauth = \"keys\"\n")).unwrap_err().to_string();
-        assert!(e.contains("/metrics") && !e.contains("/health") && !e.contains("/v1/chat"), "{e}");
+        let e = parse(&format!(
+            "{AUTH}[[routes]]\npath = \"/v1/*\"\nauth = \"keys\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/metrics") && !e.contains("/health") && !e.contains("/v1/chat"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_full_policy_loads() {
         let p = parse(&format!("{AUTH}[[routes]]\npath = \"/v1/*\"\nauth = \"keys\"\nscopes = [\"inference\"]\n[[routes]]\npath = \"/metrics\"\nauth = \"keys\"\nscopes = [\"metrics\"]\n")).unwrap();
-        assert_eq!(p.rule_for("/v1/chat/completions").unwrap().scopes, ["inference"]);
+        assert_eq!(
+            p.rule_for("/v1/chat/completions").unwrap().scopes,
+            ["inference"]
+        );
     }
 
     #[test]
     fn unknown_keys_kinds_and_names_are_refused() {
-        let e = parse(&format!("{AUTH}[[routes]]\npath = \"*\"\nauth = \"keys\"\nscope = [\"x\"]\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{AUTH}[[routes]]\npath = \"*\"\nauth = \"keys\"\nscope = [\"x\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("scope"), "{e}");
-        let e = parse(&format!("{AUTH}[[routes]]\npath = \"*\"\nauth = \"nokeys\"\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{AUTH}[[routes]]\npath = \"*\"\nauth = \"nokeys\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("nokeys"), "{e}");
-        let e = parse(&format!("{AUTH}[[routes]]\npath = \"*\"\nauth = \"keys\"\nadmission = [\"keys\"]\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{AUTH}[[routes]]\npath = \"*\"\nauth = \"keys\"\nadmission = [\"keys\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("Authenticator"), "{e}");
         let e = parse("[[routes]]\npath = \"*\"\n").unwrap_err().to_string();
         assert!(e.contains("public = true"), "{e}");

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
 
 use super::bindings::{admission, authenticator, output_filter, shared, tool};
 use super::counters::CounterStore;
@@ -76,14 +79,24 @@ pub struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = true;
             return Ok(false);
         }
         Ok(true)
     }
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
     fn instances(&self) -> usize {
@@ -137,7 +150,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.info.name).field("kind", &self.kind).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.info.name)
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -155,7 +171,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).finish()
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
     }
 }
 
@@ -194,10 +212,26 @@ impl Runtime {
         let engine = Engine::new(&cfg).map_err(err)?;
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
-        shared::palisade::plugin::log::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, project).map_err(err)?;
-        shared::palisade::plugin::config::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, project).map_err(err)?;
-        shared::palisade::plugin::counters::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, project).map_err(err)?;
-        shared::palisade::plugin::types::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, project).map_err(err)?;
+        shared::palisade::plugin::log::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut linker,
+            project,
+        )
+        .map_err(err)?;
+        shared::palisade::plugin::config::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut linker,
+            project,
+        )
+        .map_err(err)?;
+        shared::palisade::plugin::counters::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut linker,
+            project,
+        )
+        .map_err(err)?;
+        shared::palisade::plugin::types::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut linker,
+            project,
+        )
+        .map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         // Epoch ticker: deadlines are counted in these ticks.
         let (e2, s2) = (engine.clone(), stop.clone());
@@ -216,7 +250,11 @@ impl Runtime {
         let (reaper, rx) = sync_channel::<PluginStore>(REAPER_QUEUE);
         std::thread::Builder::new()
             .name("palisade-reaper".into())
-            .spawn(move || for s in rx { drop(s) })
+            .spawn(move || {
+                for s in rx {
+                    drop(s)
+                }
+            })
             .map_err(|e| HostError::Plugin(e.to_string()))?;
         // Prewarmer: keeps each plugin's pool of ready instances filled.
         let wake = Arc::new((Mutex::new(false), Condvar::new()));
@@ -227,13 +265,29 @@ impl Runtime {
             .spawn(move || prewarm_loop(w2, p2, s3))
             .map_err(|e| HostError::Plugin(e.to_string()))?;
         let cache_dir = rt.cache_dir.clone().or_else(default_cache_dir);
-        Ok(Runtime { engine, linker, cache_dir, stop, reaper, wake, plugins, prewarm: rt.prewarm })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            stop,
+            reaper,
+            wake,
+            plugins,
+            prewarm: rt.prewarm,
+        })
     }
 
     /// Loads `spec` as `name`: checks the sha256 pin, compiles (or reads
     /// the cache), links.
-    pub fn load(&self, name: &str, spec: &PluginSpec, counters: Arc<dyn CounterStore>) -> Result<Arc<LoadedPlugin>, HostError> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display())))?;
+    pub fn load(
+        &self,
+        name: &str,
+        spec: &PluginSpec,
+        counters: Arc<dyn CounterStore>,
+    ) -> Result<Arc<LoadedPlugin>, HostError> {
+        let bytes = std::fs::read(&spec.path).map_err(|e| {
+            HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
+        })?;
         let digest = hex(&Sha256::digest(&bytes));
         if !digest.eq_ignore_ascii_case(&spec.sha256) {
             return Err(HostError::Plugin(format!(
@@ -246,12 +300,23 @@ impl Runtime {
         let err = |e: wasmtime::Error| HostError::Plugin(format!("plugin `{name}`: {e:#}"));
         let ipre = self.linker.instantiate_pre(&component).map_err(err)?;
         let pre = match spec.kind {
-            PluginKind::Authenticator => Pre::Auth(authenticator::AuthenticatorPre::new(ipre).map_err(err)?),
-            PluginKind::Admission => Pre::Admission(admission::AdmissionPre::new(ipre).map_err(err)?),
-            PluginKind::OutputFilter => Pre::Filter(output_filter::OutputFilterPre::new(ipre).map_err(err)?),
+            PluginKind::Authenticator => {
+                Pre::Auth(authenticator::AuthenticatorPre::new(ipre).map_err(err)?)
+            }
+            PluginKind::Admission => {
+                Pre::Admission(admission::AdmissionPre::new(ipre).map_err(err)?)
+            }
+            PluginKind::OutputFilter => {
+                Pre::Filter(output_filter::OutputFilterPre::new(ipre).map_err(err)?)
+            }
             PluginKind::Tool => Pre::Tool(tool::ToolPre::new(ipre).map_err(err)?),
         };
-        let info = Arc::new(PluginInfo { name: name.to_string(), config: spec.config.clone(), grants: spec.grants, counters });
+        let info = Arc::new(PluginInfo {
+            name: name.to_string(),
+            config: spec.config.clone(),
+            grants: spec.grants,
+            counters,
+        });
         let p = Arc::new(LoadedPlugin {
             info,
             limits: spec.limits,
@@ -264,9 +329,17 @@ impl Runtime {
             wake: self.wake.clone(),
         });
         // One instance now proves the plugin instantiates at all.
-        let first = p.instantiate().map_err(|f| HostError::Plugin(f.to_string()))?;
-        p.ready.lock().unwrap_or_else(|e| e.into_inner()).push(first);
-        self.plugins.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&p));
+        let first = p
+            .instantiate()
+            .map_err(|f| HostError::Plugin(f.to_string()))?;
+        p.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(first);
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&p));
         p.wake_prewarmer();
         Ok(p)
     }
@@ -287,12 +360,17 @@ impl Runtime {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &file) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(plugin = name, error = %e, "ignoring an unreadable plugin cache entry"),
+                Err(e) => {
+                    tracing::warn!(plugin = name, error = %e, "ignoring an unreadable plugin cache entry")
+                }
             }
         }
         let compiled = self.engine.precompile_component(bytes).map_err(err)?;
         let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &file)).is_err() {
+        if std::fs::write(&tmp, &compiled)
+            .and_then(|_| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
             tracing::warn!(plugin = name, dir = %dir.display(), "could not write the plugin cache");
         }
         // SAFETY: these bytes were just produced by this engine.
@@ -312,7 +390,11 @@ fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/palisade/plugins"))
 }
 
-fn prewarm_loop(wake: Arc<(Mutex<bool>, Condvar)>, plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>, stop: Arc<AtomicBool>) {
+fn prewarm_loop(
+    wake: Arc<(Mutex<bool>, Condvar)>,
+    plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let list: Vec<Arc<LoadedPlugin>> = {
             let mut l = plugins.lock().unwrap_or_else(|e| e.into_inner());
@@ -334,7 +416,10 @@ fn prewarm_loop(wake: Arc<(Mutex<bool>, Condvar)>, plugins: Arc<Mutex<Vec<Weak<L
         let (m, cv) = &*wake;
         let mut woken = m.lock().unwrap_or_else(|e| e.into_inner());
         if !*woken {
-            woken = cv.wait_timeout(woken, Duration::from_millis(500)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            woken = cv
+                .wait_timeout(woken, Duration::from_millis(500))
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
         *woken = false;
     }
@@ -352,11 +437,18 @@ impl LoadedPlugin {
     }
 
     fn failure(&self, kind: FailureKind, detail: String) -> StageFailure {
-        StageFailure { plugin: self.info.name.clone(), kind, detail }
+        StageFailure {
+            plugin: self.info.name.clone(),
+            kind,
+            detail,
+        }
     }
 
     fn instantiate(&self) -> Result<(PluginStore, Instance), StageFailure> {
-        let limiter = Limiter { memory: (self.limits.memory_mb as usize) << 20, hit: false };
+        let limiter = Limiter {
+            memory: (self.limits.memory_mb as usize) << 20,
+            hit: false,
+        };
         let state = PluginState::new(self.info.clone(), limiter);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -404,7 +496,10 @@ impl LoadedPlugin {
     pub fn dispose(&self, store: PluginStore) {
         match self.reaper.try_send(store) {
             Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(s) | std::sync::mpsc::TrySendError::Disconnected(s)) => drop(s),
+            Err(
+                std::sync::mpsc::TrySendError::Full(s)
+                | std::sync::mpsc::TrySendError::Disconnected(s),
+            ) => drop(s),
         }
     }
 
@@ -431,7 +526,9 @@ impl LoadedPlugin {
 pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let t = Instant::now();
     let r = match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     };
     (r, t.elapsed())

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use super::bindings::shared::palisade::plugin::{config, counters, log, types::Pair};
 use super::counters::CounterStore;
@@ -67,18 +69,28 @@ impl PluginState {
     /// clock is granted.
     pub fn new(info: Arc<PluginInfo>, limiter: super::runtime::Limiter) -> Self {
         let mut b = WasiCtxBuilder::new();
-        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         b.socket_addr_check(|_, _| Box::pin(async { false }));
         if !info.grants.clock {
             b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
-        PluginState { wasi: b.build(), table: ResourceTable::new(), limiter, info }
+        PluginState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter,
+            info,
+        }
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -110,24 +122,43 @@ impl config::Host for PluginState {
         self.info.config.get(&key).cloned()
     }
     fn all(&mut self) -> Vec<Pair> {
-        self.info.config.iter().map(|(k, v)| Pair { name: k.clone(), value: v.clone() }).collect()
+        self.info
+            .config
+            .iter()
+            .map(|(k, v)| Pair {
+                name: k.clone(),
+                value: v.clone(),
+            })
+            .collect()
     }
 }
 
 impl counters::Host for PluginState {
     fn add(&mut self, key: String, delta: i64, window_ms: u64) -> Result<counters::Window, String> {
         if !self.info.grants.counters {
-            return Err(format!("capability `counters` is not granted to plugin `{}`", self.info.name));
+            return Err(format!(
+                "capability `counters` is not granted to plugin `{}`",
+                self.info.name
+            ));
         }
         let key = format!("{}/{key}", self.info.name);
-        self.info.counters.add(&key, delta, window_ms).map(|(value, reset_ms)| counters::Window { value, reset_ms })
+        self.info
+            .counters
+            .add(&key, delta, window_ms)
+            .map(|(value, reset_ms)| counters::Window { value, reset_ms })
     }
     fn get(&mut self, key: String, window_ms: u64) -> Result<counters::Window, String> {
         if !self.info.grants.counters {
-            return Err(format!("capability `counters` is not granted to plugin `{}`", self.info.name));
+            return Err(format!(
+                "capability `counters` is not granted to plugin `{}`",
+                self.info.name
+            ));
         }
         let key = format!("{}/{key}", self.info.name);
-        self.info.counters.add(&key, 0, window_ms).map(|(value, reset_ms)| counters::Window { value, reset_ms })
+        self.info
+            .counters
+            .add(&key, 0, window_ms)
+            .map(|(value, reset_ms)| counters::Window { value, reset_ms })
     }
 }
 

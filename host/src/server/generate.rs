@@ -9,22 +9,24 @@ use std::time::Instant;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, Sse};
 use futures_util::StreamExt;
 use palisade_engine::{Engine, Sampled};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::guard::Scope;
 use super::{ApiResult, AppState, json};
 use crate::api::ApiError;
 use crate::api::json::StrictJson;
 use crate::api::types::*;
 use crate::api::validate::{self, ValidGeneration};
-use crate::plugins::bindings::shared::palisade::plugin::types::{Message, Principal, RequestContext, Role as PRole, Sampling};
+use crate::plugins::bindings::shared::palisade::plugin::types::{
+    Message, Principal, RequestContext, Role as PRole, Sampling,
+};
 use crate::plugins::pipeline::{OutputChain, OutputStop};
 use crate::scheduler::SeqEvent;
-use super::guard::Scope;
 
 /// Chat or text completion.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,11 @@ enum Kind {
     responses((status = 200, description = "a completion, or a stream of chunks", body = ChatCompletion),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model"),
               (status = 429, description = "busy"), (status = 503, description = "loading or draining")))]
-pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(scope): Extension<Scope>, StrictJson(req): StrictJson<ChatCompletionRequest>) -> ApiResult {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    StrictJson(req): StrictJson<ChatCompletionRequest>,
+) -> ApiResult {
     let start = Instant::now();
     let l = state.loaded()?;
     if req.model != l.model_name {
@@ -52,7 +58,11 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, Extension(scop
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
     responses((status = 200, description = "a completion, or a stream of chunks", body = Completion),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model")))]
-pub async fn completions(State(state): State<Arc<AppState>>, Extension(scope): Extension<Scope>, StrictJson(req): StrictJson<CompletionRequest>) -> ApiResult {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    StrictJson(req): StrictJson<CompletionRequest>,
+) -> ApiResult {
     let start = Instant::now();
     let l = state.loaded()?;
     if req.model != l.model_name {
@@ -64,7 +74,12 @@ pub async fn completions(State(state): State<Arc<AppState>>, Extension(scope): E
 
 /// The read-only view admission plugins get.
 fn request_context(scope: &Scope, v: &ValidGeneration, model: &str) -> RequestContext {
-    let principal = scope.principal.clone().unwrap_or(Principal { id: "anonymous".into(), tenant: String::new(), scopes: vec![], labels: vec![] });
+    let principal = scope.principal.clone().unwrap_or(Principal {
+        id: "anonymous".into(),
+        tenant: String::new(),
+        scopes: vec![],
+        labels: vec![],
+    });
     let messages = v
         .messages
         .iter()
@@ -83,7 +98,11 @@ fn request_context(scope: &Scope, v: &ValidGeneration, model: &str) -> RequestCo
         route: scope.route.clone(),
         model: model.to_string(),
         messages,
-        prompts: if v.messages.is_empty() { v.prompt_texts.clone() } else { vec![] },
+        prompts: if v.messages.is_empty() {
+            v.prompt_texts.clone()
+        } else {
+            vec![]
+        },
         prompt_tokens: v.prompt_tokens() as u32,
         max_tokens: v.max_tokens as u32,
         n: v.n as u32,
@@ -111,7 +130,13 @@ struct Ctx {
     start: Instant,
 }
 
-async fn run(state: Arc<AppState>, scope: Scope, mut valid: ValidGeneration, kind: Kind, start: Instant) -> ApiResult {
+async fn run(
+    state: Arc<AppState>,
+    scope: Scope,
+    mut valid: ValidGeneration,
+    kind: Kind,
+    start: Instant,
+) -> ApiResult {
     let l = state.loaded()?;
     let mut admitted = None;
     if !scope.rule.admission.is_empty() {
@@ -120,16 +145,41 @@ async fn run(state: Arc<AppState>, scope: Scope, mut valid: ValidGeneration, kin
         let r = scope.pipeline.admit(&scope.rule, &ctx, &mut recs);
         scope.add_records(recs);
         for rw in r? {
-            validate::apply_rewrite(&l.engine, &mut valid, rw.max_tokens, rw.temperature, rw.prepend_system)?;
+            validate::apply_rewrite(
+                &l.engine,
+                &mut valid,
+                rw.max_tokens,
+                rw.temperature,
+                rw.prepend_system,
+            )?;
         }
         admitted = Some(request_context(&scope, &valid, &l.model_name));
     }
     let chain = scope.pipeline.output_chain(&scope.rule)?;
     let permit = state.acquire_slot().await?;
-    let rxs = (0..valid.choices()).map(|i| l.handle.submit(valid.engine_request(i))).collect::<Result<Vec<_>, _>>()?;
-    state.metrics.prompt_tokens.fetch_add(valid.prompt_tokens() as u64, Ordering::Relaxed);
-    let id = state.new_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" });
-    let ctx = Ctx { scope, admitted, engine: l.engine.clone(), model: l.model_name.clone(), state: state.clone(), valid, kind, id, start };
+    let rxs = (0..valid.choices())
+        .map(|i| l.handle.submit(valid.engine_request(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    state
+        .metrics
+        .prompt_tokens
+        .fetch_add(valid.prompt_tokens() as u64, Ordering::Relaxed);
+    let id = state.new_id(if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    });
+    let ctx = Ctx {
+        scope,
+        admitted,
+        engine: l.engine.clone(),
+        model: l.model_name.clone(),
+        state: state.clone(),
+        valid,
+        kind,
+        id,
+        start,
+    };
     if ctx.valid.stream {
         ctx.scope.audited.store(true, Ordering::Relaxed); // written when the stream ends
         Ok(stream(ctx, rxs, permit, chain))
@@ -150,33 +200,54 @@ struct ChoiceState {
 
 impl Ctx {
     fn created(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     fn observe_token(&self, c: &mut ChoiceState, any_first: &mut bool) {
         let now = Instant::now();
         if !*any_first {
             *any_first = true;
-            self.state.metrics.ttft.observe(now.duration_since(self.start).as_secs_f64());
+            self.state
+                .metrics
+                .ttft
+                .observe(now.duration_since(self.start).as_secs_f64());
         }
         if let Some(last) = c.last {
-            self.state.metrics.tpot.observe(now.duration_since(last).as_secs_f64());
+            self.state
+                .metrics
+                .tpot
+                .observe(now.duration_since(last).as_secs_f64());
         }
         c.first.get_or_insert(now);
         c.last = Some(now);
-        self.state.metrics.completion_tokens.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .completion_tokens
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn chat_logprobs(&self, tokens: &[Sampled]) -> Option<ChoiceLogprobs> {
         self.valid.sampling.logprobs?;
         let tok = self.engine.tokenizer();
-        let entry = |id: u32, lp: f32| TopLogprob { token: tok.token_text(id), logprob: lp, bytes: tok.token_bytes(id).to_vec() };
+        let entry = |id: u32, lp: f32| TopLogprob {
+            token: tok.token_text(id),
+            logprob: lp,
+            bytes: tok.token_bytes(id).to_vec(),
+        };
         Some(ChoiceLogprobs {
             content: tokens
                 .iter()
                 .map(|s| {
                     let e = entry(s.token, s.logprob.unwrap_or(0.0));
-                    TokenLogprob { token: e.token, logprob: e.logprob, bytes: e.bytes, top_logprobs: s.top.iter().map(|&(t, lp)| entry(t, lp)).collect() }
+                    TokenLogprob {
+                        token: e.token,
+                        logprob: e.logprob,
+                        bytes: e.bytes,
+                        top_logprobs: s.top.iter().map(|&(t, lp)| entry(t, lp)).collect(),
+                    }
                 })
                 .collect(),
         })
@@ -193,33 +264,63 @@ impl Ctx {
             at += t.len();
             out.tokens.push(t);
             out.token_logprobs.push(s.logprob.unwrap_or(0.0));
-            out.top_logprobs.push(s.top.iter().map(|&(id, lp)| (tok.token_text(id), lp)).collect());
+            out.top_logprobs.push(
+                s.top
+                    .iter()
+                    .map(|&(id, lp)| (tok.token_text(id), lp))
+                    .collect(),
+            );
         }
         Some(out)
     }
 
     fn usage(&self, completion: usize) -> Usage {
         let prompt = self.valid.prompt_tokens() as u32;
-        Usage { prompt_tokens: prompt, completion_tokens: completion as u32, total_tokens: prompt + completion as u32 }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion as u32,
+            total_tokens: prompt + completion as u32,
+        }
     }
 
     fn echo_prefix(&self, choice: usize) -> &str {
-        if self.valid.echo { &self.valid.prompt_texts[choice / self.valid.n] } else { "" }
+        if self.valid.echo {
+            &self.valid.prompt_texts[choice / self.valid.n]
+        } else {
+            ""
+        }
     }
 
     /// Settles admission reservations and writes the audit record.
     fn finish(&self, chain: OutputChain, status: u16, outcome: &str, completion: usize) {
         self.scope.add_records(chain.into_records());
         if let Some(ctx) = &self.admitted {
-            self.scope.pipeline.completed(&self.scope.rule, ctx, completion as u32);
+            self.scope
+                .pipeline
+                .completed(&self.scope.rule, ctx, completion as u32);
         }
-        self.scope.audit(&self.state, status, outcome, Some(&self.model), Some((self.valid.prompt_tokens(), completion)));
+        self.scope.audit(
+            &self.state,
+            status,
+            outcome,
+            Some(&self.model),
+            Some((self.valid.prompt_tokens(), completion)),
+        );
     }
 }
 
-async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSemaphorePermit, mut chain: OutputChain) -> ApiResult {
+async fn collect(
+    ctx: Ctx,
+    rxs: Vec<mpsc::Receiver<SeqEvent>>,
+    _permit: OwnedSemaphorePermit,
+    mut chain: OutputChain,
+) -> ApiResult {
     let mut choices: Vec<ChoiceState> = (0..rxs.len()).map(|_| ChoiceState::default()).collect();
-    let mut merged = futures_util::stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))));
+    let mut merged = futures_util::stream::select_all(
+        rxs.into_iter()
+            .enumerate()
+            .map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))),
+    );
     let mut any_first = false;
     let mut outcome = "ok";
     while let Some((i, ev)) = merged.next().await {
@@ -250,7 +351,10 @@ async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSem
                     Err(OutputStop::Failed) => {
                         let completion = choices.iter().map(|c| c.tokens.len()).sum();
                         ctx.finish(chain, 503, "error", completion);
-                        return Err(ApiError::Unavailable("a security check (output) could not run; the response was withheld".into()));
+                        return Err(ApiError::Unavailable(
+                            "a security check (output) could not run; the response was withheld"
+                                .into(),
+                        ));
                     }
                 }
                 if let Some(f) = step.finish {
@@ -282,7 +386,10 @@ async fn collect(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, _permit: OwnedSem
                 .enumerate()
                 .map(|(i, c)| ChatChoice {
                     index: i as u32,
-                    message: AssistantMessage { role: Role::Assistant, content: c.text.clone() },
+                    message: AssistantMessage {
+                        role: Role::Assistant,
+                        content: c.text.clone(),
+                    },
                     logprobs: ctx.chat_logprobs(&c.tokens),
                     finish_reason: c.finish.clone().unwrap_or_else(|| "length".into()),
                 })
@@ -317,23 +424,33 @@ fn event<T: serde::Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
-fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePermit, mut chain: OutputChain) -> axum::response::Response {
+fn stream(
+    ctx: Ctx,
+    rxs: Vec<mpsc::Receiver<SeqEvent>>,
+    permit: OwnedSemaphorePermit,
+    mut chain: OutputChain,
+) -> axum::response::Response {
     let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
         let _permit = permit;
         let n = rxs.len();
-        let mut merged = futures_util::stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))));
+        let mut merged = futures_util::stream::select_all(
+            rxs.into_iter()
+                .enumerate()
+                .map(|(i, rx)| ReceiverStream::new(rx).map(move |e| (i, e))),
+        );
         let mut choices: Vec<ChoiceState> = (0..n).map(|_| ChoiceState::default()).collect();
         let (created, fp) = (ctx.created(), ctx.state.fingerprint());
-        let chat_chunk = |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-            id: ctx.id.clone(),
-            object: "chat.completion.chunk",
-            created,
-            model: ctx.model.clone(),
-            system_fingerprint: fp.clone(),
-            choices,
-            usage,
-        };
+        let chat_chunk =
+            |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+                id: ctx.id.clone(),
+                object: "chat.completion.chunk",
+                created,
+                model: ctx.model.clone(),
+                system_fingerprint: fp.clone(),
+                choices,
+                usage,
+            };
         let text_chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
             id: ctx.id.clone(),
             object: "text_completion",
@@ -347,11 +464,24 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
         for i in 0..n {
             let ev = match ctx.kind {
                 Kind::Chat => event(&chat_chunk(
-                    vec![ChatChunkChoice { index: i as u32, delta: ChatDelta { role: Some(Role::Assistant), content: Some(String::new()) }, logprobs: None, finish_reason: None }],
+                    vec![ChatChunkChoice {
+                        index: i as u32,
+                        delta: ChatDelta {
+                            role: Some(Role::Assistant),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
                     None,
                 )),
                 Kind::Text if ctx.valid.echo => event(&text_chunk(
-                    vec![CompletionChoice { index: i as u32, text: ctx.echo_prefix(i).to_string(), logprobs: None, finish_reason: None }],
+                    vec![CompletionChoice {
+                        index: i as u32,
+                        text: ctx.echo_prefix(i).to_string(),
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
                     None,
                 )),
                 Kind::Text => continue,
@@ -405,7 +535,9 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
                     String::new()
                 }
                 Err(OutputStop::Failed) => {
-                    let err = ApiError::Unavailable("a security check (output) could not run; the response was withheld".into());
+                    let err = ApiError::Unavailable(
+                        "a security check (output) could not run; the response was withheld".into(),
+                    );
                     let _ = tx.send(Ok(Event::default().data(err.sse_event()))).await;
                     outcome = "error";
                     break;
@@ -422,14 +554,22 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
                 Kind::Chat => event(&chat_chunk(
                     vec![ChatChunkChoice {
                         index: i as u32,
-                        delta: ChatDelta { role: None, content: (!step.text.is_empty()).then(|| step.text.clone()) },
+                        delta: ChatDelta {
+                            role: None,
+                            content: (!step.text.is_empty()).then(|| step.text.clone()),
+                        },
                         logprobs: ctx.chat_logprobs(toks),
                         finish_reason: finish,
                     }],
                     None,
                 )),
                 Kind::Text => event(&text_chunk(
-                    vec![CompletionChoice { index: i as u32, text: step.text.clone(), logprobs: ctx.text_logprobs(toks, offset), finish_reason: finish }],
+                    vec![CompletionChoice {
+                        index: i as u32,
+                        text: step.text.clone(),
+                        logprobs: ctx.text_logprobs(toks, offset),
+                        finish_reason: finish,
+                    }],
                     None,
                 )),
             };
@@ -444,7 +584,12 @@ fn stream(ctx: Ctx, rxs: Vec<mpsc::Receiver<SeqEvent>>, permit: OwnedSemaphorePe
         drop(merged); // cancels sequences still running (abort, disconnect)
         let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
         if outcome == "error" || outcome == "cancelled" {
-            ctx.finish(chain, if outcome == "error" { 503 } else { 499 }, outcome, completion);
+            ctx.finish(
+                chain,
+                if outcome == "error" { 503 } else { 499 },
+                outcome,
+                completion,
+            );
             return;
         }
         ctx.finish(chain, 200, outcome, completion);

@@ -77,15 +77,32 @@ pub struct AuditRecord<'a> {
 impl Scope {
     /// Adds stage records.
     pub fn add_records(&self, r: impl IntoIterator<Item = StageRecord>) {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).extend(r);
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(r);
     }
 
     /// Writes the audit record.
-    pub fn audit(&self, state: &AppState, status: u16, outcome: &str, model: Option<&str>, tokens: Option<(usize, usize)>) {
+    pub fn audit(
+        &self,
+        state: &AppState,
+        status: u16,
+        outcome: &str,
+        model: Option<&str>,
+        tokens: Option<(usize, usize)>,
+    ) {
         self.audited.store(true, Ordering::Relaxed);
-        let stages = self.records.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stages = self
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let rec = AuditRecord {
-            time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
             request_id: &self.request_id,
             principal: self.principal.as_ref().map(|p| p.id.as_str()),
             tenant: self.principal.as_ref().map(|p| p.tenant.as_str()),
@@ -105,16 +122,29 @@ impl Scope {
 
 /// The guard middleware.
 pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let Some(route) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()) else {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+    else {
         return next.run(req).await; // 404/405 fallbacks: nothing to protect
     };
     let pipeline = state.pipeline.load_full();
-    let client = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
-    let request_id = req.extensions().get::<super::RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let request_id = req
+        .extensions()
+        .get::<super::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     let Some(rule) = pipeline.rule(&route) else {
         // Coverage is checked when the policy loads; refuse if it ever misses.
         tracing::error!(%route, "no policy rule for this route");
-        return crate::api::ApiError::Forbidden("no policy covers this route".into()).into_response();
+        return crate::api::ApiError::Forbidden("no policy covers this route".into())
+            .into_response();
     };
     let mut records = Vec::new();
     let principal = if rule.public {
@@ -127,7 +157,14 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
             headers: req
                 .headers()
                 .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| crate::plugins::bindings::shared::palisade::plugin::types::Pair { name: k.as_str().to_string(), value: v.to_string() }))
+                .filter_map(|(k, v)| {
+                    v.to_str().ok().map(|v| {
+                        crate::plugins::bindings::shared::palisade::plugin::types::Pair {
+                            name: k.as_str().to_string(),
+                            value: v.to_string(),
+                        }
+                    })
+                })
                 .collect(),
             client_addr: client.clone(),
         };
@@ -165,7 +202,13 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
     let resp = next.run(req).await;
     if !scope.audited.load(Ordering::Relaxed) {
         let status = resp.status().as_u16();
-        scope.audit(&state, status, if status < 400 { "ok" } else { "error" }, None, None);
+        scope.audit(
+            &state,
+            status,
+            if status < 400 { "ok" } else { "error" },
+            None,
+            None,
+        );
     }
     resp
 }
@@ -180,7 +223,9 @@ impl AuditSink {
     /// Opens `path` for appending (mode 0600), or logs when `None`.
     pub fn open(path: Option<&std::path::Path>) -> Result<Self, crate::HostError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let Some(p) = path else { return Ok(AuditSink::default()) };
+        let Some(p) = path else {
+            return Ok(AuditSink::default());
+        };
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::plugins::private_dir(dir)?;
         }
@@ -190,13 +235,17 @@ impl AuditSink {
             .mode(0o600)
             .open(p)
             .map_err(|e| crate::HostError::Server(format!("audit log {}: {e}", p.display())))?;
-        Ok(AuditSink { file: Some(Mutex::new(f)) })
+        Ok(AuditSink {
+            file: Some(Mutex::new(f)),
+        })
     }
 
     /// Writes one record.
     pub fn write(&self, rec: &AuditRecord<'_>) {
         use std::io::Write;
-        let Ok(mut line) = serde_json::to_string(rec) else { return };
+        let Ok(mut line) = serde_json::to_string(rec) else {
+            return;
+        };
         match &self.file {
             Some(f) => {
                 line.push('\n');

@@ -28,10 +28,16 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Builds the TLS acceptor from the configured PEM files (TLS 1.2 and 1.3;
 /// client certificates required when `client_ca` is set).
 pub fn tls_acceptor(tls: &TlsSection) -> Result<Option<TlsAcceptor>, HostError> {
-    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
-    let err = |p: &Path, e: &dyn std::fmt::Display| HostError::Server(format!("TLS file {}: {e}", p.display()));
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(cert).map_err(|e| err(cert, &e))?.collect::<Result<_, _>>().map_err(|e| err(cert, &e))?;
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Ok(None);
+    };
+    let err = |p: &Path, e: &dyn std::fmt::Display| {
+        HostError::Server(format!("TLS file {}: {e}", p.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err(cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(cert, &e))?;
     if certs.is_empty() {
         return Err(err(cert, &"no certificate found"));
     }
@@ -44,16 +50,23 @@ pub fn tls_acceptor(tls: &TlsSection) -> Result<Option<TlsAcceptor>, HostError> 
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_file_iter(ca).map_err(|e| err(ca, &e))? {
-                roots.add(c.map_err(|e| err(ca, &e))?).map_err(|e| err(ca, &e))?;
+                roots
+                    .add(c.map_err(|e| err(ca, &e))?)
+                    .map_err(|e| err(ca, &e))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| err(ca, &e))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| err(ca, &e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| HostError::Server(format!("TLS certificate/key: {e}")))?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| HostError::Server(format!("TLS certificate/key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
@@ -70,8 +83,14 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -88,28 +107,48 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let svc = app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
+        let svc = app
+            .clone()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
         let svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).into_owned()).await,
+                }
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -118,7 +157,10 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(timeout_secs = drain.as_secs(), "draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }

@@ -69,7 +69,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("ready", &self.loaded.get().is_some()).finish()
+        f.debug_struct("AppState")
+            .field("ready", &self.loaded.get().is_some())
+            .finish()
     }
 }
 
@@ -77,7 +79,10 @@ impl AppState {
     /// State for `config` under `pipeline`; the models are attached later
     /// with [`AppState::set_loaded`].
     pub fn new(config: ServeConfig, pipeline: Pipeline) -> Result<Arc<Self>, crate::HostError> {
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let audit = AuditSink::open(pipeline.policy.audit.path.as_deref())?;
         Ok(Arc::new(AppState {
             pipeline: ArcSwap::from_pointee(pipeline),
@@ -97,10 +102,15 @@ impl AppState {
     /// error the old one stays and the error says why.
     pub async fn reload(self: &Arc<Self>) -> Result<(), crate::HostError> {
         let Some(path) = self.config.server.policy.clone() else {
-            return Err(crate::HostError::Policy("no policy file is configured".into()));
+            return Err(crate::HostError::Policy(
+                "no policy file is configured".into(),
+            ));
         };
         let built = tokio::task::spawn_blocking(move || {
-            let policy = crate::plugins::policy::Policy::load(&path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
+            let policy = crate::plugins::policy::Policy::load(
+                &path,
+                &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )?;
             Pipeline::build(policy)
         })
         .await
@@ -120,7 +130,9 @@ impl AppState {
         if self.draining.load(Ordering::Relaxed) {
             return Err(ApiError::Unavailable("the server is shutting down".into()));
         }
-        self.loaded.get().ok_or_else(|| ApiError::Unavailable("the model is still loading; retry shortly".into()))
+        self.loaded.get().ok_or_else(|| {
+            ApiError::Unavailable("the model is still loading; retry shortly".into())
+        })
     }
 
     /// Whether the models are loaded.
@@ -146,7 +158,10 @@ impl AppState {
         }
         let wait = Duration::from_millis(self.config.limits.queue_timeout_ms);
         let busy = || ApiError::RateLimited {
-            message: format!("all {} generation slots are busy; retry shortly", self.config.limits.max_concurrent_requests),
+            message: format!(
+                "all {} generation slots are busy; retry shortly",
+                self.config.limits.max_concurrent_requests
+            ),
             retry_after: Some(1),
         };
         if wait.is_zero() {
@@ -200,7 +215,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .layer(axum::Extension(BodyLimit(limit)))
         .with_state(state)
 }
@@ -209,7 +226,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub const REQUEST_ID: &str = "x-request-id";
 
 async fn record(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let id = state.new_id("req");
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();

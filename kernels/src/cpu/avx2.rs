@@ -30,7 +30,12 @@ pub(crate) unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         let p = chunk.as_ptr();
         // SAFETY: `chunk` has exactly 32 floats, read as four unaligned loads.
         let (v0, v1, v2, v3) = unsafe {
-            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24)))
+            (
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            )
         };
         let m = _mm256_max_ps(
             _mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),

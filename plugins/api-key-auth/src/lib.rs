@@ -8,9 +8,11 @@
 //!
 //! Keys are read from `Authorization: Bearer KEY` or `x-api-key: KEY`.
 
-use palisade_plugin_sdk::authenticator::palisade::plugin::config;
-use palisade_plugin_sdk::authenticator::palisade::plugin::types::{Denial, Pair, Principal, RequestMeta};
 use palisade_plugin_sdk::authenticator::Guest;
+use palisade_plugin_sdk::authenticator::palisade::plugin::config;
+use palisade_plugin_sdk::authenticator::palisade::plugin::types::{
+    Denial, Pair, Principal, RequestMeta,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -33,7 +35,10 @@ fn unauthorized(message: &str) -> Denial {
         status: 401,
         code: "invalid_api_key".into(),
         message: message.into(),
-        headers: vec![Pair { name: "www-authenticate".into(), value: "Bearer".into() }],
+        headers: vec![Pair {
+            name: "www-authenticate".into(),
+            value: "Bearer".into(),
+        }],
     }
 }
 
@@ -69,11 +74,20 @@ struct ApiKeyAuth;
 impl Guest for ApiKeyAuth {
     fn authenticate(req: RequestMeta) -> Result<Principal, Denial> {
         let Some(key) = presented(&req) else {
-            return Err(unauthorized("missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`"));
+            return Err(unauthorized(
+                "missing API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
+            ));
         };
         let keys: Vec<Key> = match config::get("keys").map(|k| serde_json::from_str(&k)) {
             Some(Ok(k)) => k,
-            _ => return Err(Denial { status: 500, code: "auth_misconfigured".into(), message: "authentication is misconfigured".into(), headers: vec![] }),
+            _ => {
+                return Err(Denial {
+                    status: 500,
+                    code: "auth_misconfigured".into(),
+                    message: "authentication is misconfigured".into(),
+                    headers: vec![],
+                });
+            }
         };
         let digest = hex(&Sha256::digest(key.as_bytes()));
         // Compare against every key (no early exit) so timing does not tell
@@ -84,17 +98,29 @@ impl Guest for ApiKeyAuth {
                 found = Some(k);
             }
         }
-        let Some(k) = found else { return Err(unauthorized("invalid API key")) };
-        if let (Some(exp), Some(now)) = (k.expires, config::get("now").and_then(|n| n.parse::<u64>().ok()))
-            && now >= exp
+        let Some(k) = found else {
+            return Err(unauthorized("invalid API key"));
+        };
+        if let (Some(exp), Some(now)) = (
+            k.expires,
+            config::get("now").and_then(|n| n.parse::<u64>().ok()),
+        ) && now >= exp
         {
             return Err(unauthorized("API key expired"));
         }
         let mut labels = Vec::new();
         if !k.models.is_empty() {
-            labels.push(Pair { name: "models".into(), value: k.models.join(",") });
+            labels.push(Pair {
+                name: "models".into(),
+                value: k.models.join(","),
+            });
         }
-        Ok(Principal { id: k.id.clone(), tenant: k.tenant.clone(), scopes: k.scopes.clone(), labels })
+        Ok(Principal {
+            id: k.id.clone(),
+            tenant: k.tenant.clone(),
+            scopes: k.scopes.clone(),
+            labels,
+        })
     }
 }
 

@@ -38,7 +38,12 @@ pub mod admission {
 
     /// A denial verdict with no extra headers.
     pub fn deny(status: u16, code: &str, message: &str) -> AdmissionVerdict {
-        AdmissionVerdict::Deny(Denial { status, code: code.into(), message: message.into(), headers: vec![] })
+        AdmissionVerdict::Deny(Denial {
+            status,
+            code: code.into(),
+            message: message.into(),
+            headers: vec![],
+        })
     }
 }
 

@@ -4,8 +4,8 @@
 //! `socket` (tries to connect), `file` (tries to read /etc/passwd),
 //! `env` (reads the environment), or `ok` (allows).
 
-use palisade_plugin_sdk::admission::palisade::plugin::{config, counters, log};
 use palisade_plugin_sdk::admission::palisade::plugin::types::{AdmissionVerdict, RequestContext};
+use palisade_plugin_sdk::admission::palisade::plugin::{config, counters, log};
 use palisade_plugin_sdk::admission::{Guest, deny};
 
 struct Misbehave;
@@ -45,7 +45,10 @@ impl Guest for Misbehave {
                 deny(403, "contained", &format!("environment: {vars:?}"))
             }
             "clock" => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 deny(403, "contained", &format!("clock: {now}"))
             }
             _ => {
