@@ -24,7 +24,7 @@ def plugin(name, file, kind, config=None, limits=None, grants=None):
         lines += [f"{k} = {v}" for k, v in limits.items()]
     if grants:
         lines.append(f"[plugins.{name}.grants]")
-        lines += [f"{k} = {str(v).lower()}" for k, v in grants.items()]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}" for k, v in grants.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,12 @@
 """The plugin runtime through the real server: API-key authentication,
 default-deny coverage, containment of misbehaving plugins, hot reload."""
 
+import http.server
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import httpx
@@ -100,9 +102,9 @@ def test_policy_check_prints_each_route(binary, tmp_path):
     assert "auth keys (scopes: metrics)" in out.stdout
 
 
-def misbehaving(mode, failure="closed", deadline_ms=200, memory_mb=32, grants=None):
+def misbehaving(mode, failure="closed", deadline_ms=200, memory_mb=32, grants=None, config=None):
     return (
-        plugin("bad", "misbehave.wasm", "admission", config={"mode": mode}, limits={"deadline_ms": deadline_ms, "memory_mb": memory_mb}, grants=grants)
+        plugin("bad", "misbehave.wasm", "admission", config={"mode": mode, **(config or {})}, limits={"deadline_ms": deadline_ms, "memory_mb": memory_mb}, grants=grants)
         + route("/v1/chat/completions", public=True, admission=["bad"], failure=failure)
         + route("*", public=True)
     )
@@ -174,6 +176,60 @@ def test_granted_counters_work(binary, tmp_path):
     try:
         msgs = [httpx.post(s.url + "/v1/chat/completions", json=CHAT).json()["error"]["message"] for _ in range(3)]
         assert msgs == ["counter reached 1", "counter reached 2", "counter reached 3"]
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.fixture
+def web():
+    """A local HTTP server: `/` answers `hello`, `/slow` never answers."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow":
+                time.sleep(5)
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+@pytest.mark.parametrize("grant, status, expect", [
+    (None, 403, "HTTP request denied by the host's policy"),
+    ("127.0.0.1:{port}", 418, "status 200: hello"),
+    ("127.0.0.1:1", 403, "HTTP request denied by the host's policy"),
+    ("localhost:{port}", 403, "DestinationIpProhibited"),
+])
+def test_outgoing_http_goes_through_the_allow_list(binary, tmp_path, web, grant, status, expect):
+    grants = {"http": [grant.format(port=web)]} if grant else None
+    url = f"http://{'localhost' if grant and 'localhost' in grant else '127.0.0.1'}:{web}/"
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving("http", grants=grants, config={"url": url})))
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert r.status_code == status, r.text
+        assert expect in r.json()["error"]["message"], r.text
+    finally:
+        assert s.stop() == 0
+
+
+def test_outgoing_http_is_bounded_by_the_deadline(binary, tmp_path, web):
+    policy = misbehaving("http", deadline_ms=300, grants={"http": [f"127.0.0.1:{web}"]}, config={"url": f"http://127.0.0.1:{web}/slow"})
+    s = Server(binary, "--no-embeddings", policy=write(tmp_path, policy))
+    try:
+        t = time.time()
+        r = httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30)
+        took = time.time() - t
+        assert r.status_code in (403, 503), r.text
+        assert took < 3, f"{took:.1f}s"
+        assert httpx.post(s.url + "/v1/chat/completions", json=CHAT, timeout=30).status_code in (403, 503)
     finally:
         assert s.stop() == 0
 

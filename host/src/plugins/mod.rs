@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bindings;
 pub mod check;
 pub mod counters;
+pub mod http;
 pub mod pipeline;
 pub mod policy;
 pub mod runtime;

@@ -116,7 +116,7 @@ impl Default for Limits {
 }
 
 /// Capabilities a plugin may use (all off unless granted, but `log`).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// Write to the host log.
@@ -125,6 +125,9 @@ pub struct Grants {
     pub counters: bool,
     /// See the real clock (otherwise it reads zero).
     pub clock: bool,
+    /// Hosts the plugin may reach with `wasi:http` (none: every request is
+    /// refused with `HTTP-request-denied`).
+    pub http: Vec<super::http::HostPattern>,
 }
 
 impl Default for Grants {
@@ -133,6 +136,7 @@ impl Default for Grants {
             log: true,
             counters: false,
             clock: false,
+            http: Vec::new(),
         }
     }
 }

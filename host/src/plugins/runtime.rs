@@ -212,6 +212,7 @@ impl Runtime {
         let engine = Engine::new(&cfg).map_err(err)?;
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(err)?;
         shared::palisade::plugin::log::add_to_linker::<_, HasSelf<PluginState>>(
             &mut linker,
             project,
@@ -314,7 +315,10 @@ impl Runtime {
         let info = Arc::new(PluginInfo {
             name: name.to_string(),
             config: spec.config.clone(),
-            grants: spec.grants,
+            grants: spec.grants.clone(),
+            name_arc: Arc::from(name),
+            http_allow: Arc::from(spec.grants.http.clone()),
+            deadline: Duration::from_millis(spec.limits.deadline_ms),
             counters,
         });
         let p = Arc::new(LoadedPlugin {

@@ -1,5 +1,5 @@
 //! The data each plugin store carries, and the host side of the imports
-//! (log, config, counters). Capabilities are checked here: an import the
+//! (log, config, counters, and `wasi:http` through [`super::http`]). Capabilities are checked here: an import the
 //! policy did not grant answers with an error value (or, for `log`, drops
 //! the line); nothing traps for a refusal.
 
@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::shared::palisade::plugin::{config, counters, log, types::Pair};
 use super::counters::CounterStore;
@@ -30,11 +31,19 @@ pub struct PluginInfo {
     pub grants: Grants,
     /// The counters backend (used only when granted).
     pub counters: Arc<dyn CounterStore>,
+    /// Its name, shared with the HTTP guard of each store.
+    pub name_arc: Arc<str>,
+    /// Its HTTP allow-list, shared likewise.
+    pub http_allow: Arc<[super::http::HostPattern]>,
+    /// Its per-call deadline (bounds each outgoing HTTP request).
+    pub deadline: Duration,
 }
 
 /// The data of one store (one plugin instance).
 pub struct PluginState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_guard: super::http::HttpGuard,
     table: ResourceTable,
     /// Memory/table/instance limits of the store.
     pub limiter: super::runtime::Limiter,
@@ -76,8 +85,15 @@ impl PluginState {
         if !info.grants.clock {
             b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
+        let http_guard = super::http::HttpGuard::new(
+            info.name_arc.clone(),
+            info.http_allow.clone(),
+            info.deadline,
+        );
         PluginState {
             wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            http_guard,
             table: ResourceTable::new(),
             limiter,
             info,
@@ -90,6 +106,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_guard,
         }
     }
 }

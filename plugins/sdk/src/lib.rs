@@ -13,6 +13,8 @@
 //! palisade_plugin_sdk::admission::export_admission!(Guard);
 //! ```
 
+pub mod http;
+
 /// The `authenticator` world.
 pub mod authenticator {
     wit_bindgen::generate!({

@@ -2,7 +2,9 @@
 //! config value: `trap`, `loop`, `alloc` (without bound), `huge` (returns a
 //! 100 MB string), `ungranted` (calls counters without the grant),
 //! `socket` (tries to connect), `file` (tries to read /etc/passwd),
-//! `env` (reads the environment), or `ok` (allows).
+//! `env` (reads the environment), `clock` (reads the clock), `http`
+//! (GETs the `url` config value and denies with what happened), or `ok`
+//! (allows).
 
 use palisade_plugin_sdk::admission::palisade::plugin::types::{AdmissionVerdict, RequestContext};
 use palisade_plugin_sdk::admission::palisade::plugin::{config, counters, log};
@@ -43,6 +45,17 @@ impl Guest for Misbehave {
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 deny(403, "contained", &format!("environment: {vars:?}"))
+            }
+            "http" => {
+                let url = config::get("url").unwrap_or_default();
+                match palisade_plugin_sdk::http::get(&url, 1 << 20) {
+                    Ok(r) => deny(
+                        418,
+                        "fetched",
+                        &format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                    ),
+                    Err(e) => deny(403, "contained", &format!("http refused: {e}")),
+                }
             }
             "clock" => {
                 let now = std::time::SystemTime::now()
