@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+[ -n "${KEEP_TMP:-}" ] || trap 'rm -rf "$TMP"' EXIT
 KEY="pal_bench_key_0123456789abcdefghijklmnopqrstuvwxyz"
 python3 - "$TMP/policy.toml" "$KEY" <<'PY'
 import hashlib, json, pathlib, sys

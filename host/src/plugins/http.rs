@@ -32,11 +32,13 @@ pub struct HostPattern {
 impl TryFrom<String> for HostPattern {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let bad = || {
-            format!("`{s}` is not a host pattern (host, host:port, *.domain, or an IP address)")
-        };
+        let bad =
+            || format!("`{s}` is not a host pattern (host, host:port, *.domain, or an IP address)");
         if s.contains("://") || s.contains('/') {
-            return Err(format!("{}: give the host only, without scheme or path", bad()));
+            return Err(format!(
+                "{}: give the host only, without scheme or path",
+                bad()
+            ));
         }
         let (host, port) = split_host_port(&s).ok_or_else(bad)?;
         let (wildcard, host) = match host.strip_prefix("*.") {

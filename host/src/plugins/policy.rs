@@ -45,7 +45,7 @@ impl Default for RuntimeSection {
         RuntimeSection {
             cache_dir: None,
             max_instances: 512,
-            prewarm: 4,
+            prewarm: 8,
         }
     }
 }

@@ -7,7 +7,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,55 @@ use crate::HostError;
 
 /// One epoch tick; deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-/// Used stores waiting for the reaper thread at most.
+/// Used stores waiting for the reaper thread at most; beyond that a store
+/// is dropped where it was released.
 pub const REAPER_QUEUE: usize = 128;
+/// The reaper is woken when this many stores wait (otherwise it drains on
+/// its own every [`REAPER_PERIOD`]): one wake per batch, not per request.
+pub const REAPER_BATCH: usize = 16;
+/// How often the reaper drains without being woken.
+pub const REAPER_PERIOD: Duration = Duration::from_millis(5);
+
+/// Used stores waiting to be dropped off the request path.
+#[derive(Default)]
+struct Reaper {
+    queue: Mutex<Vec<PluginStore>>,
+    cv: Condvar,
+}
+
+impl Reaper {
+    fn push(&self, store: PluginStore) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= REAPER_QUEUE {
+            drop(q);
+            drop(store);
+            return;
+        }
+        q.push(store);
+        if q.len() == REAPER_BATCH {
+            self.cv.notify_one();
+        }
+    }
+
+    fn run(&self, stop: &AtomicBool) {
+        let mut batch = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            {
+                let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = if q.len() < REAPER_BATCH {
+                    self.cv
+                        .wait_timeout(q, REAPER_PERIOD)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| e.into_inner().0)
+                } else {
+                    q
+                };
+                std::mem::swap(&mut *q, &mut batch);
+            }
+            batch.clear();
+        }
+    }
+}
 /// Largest linear memory any plugin may be granted.
 pub const MAX_PLUGIN_MEMORY: usize = 4096 << 20;
 
@@ -144,7 +190,7 @@ pub struct LoadedPlugin {
     pre: Pre,
     ready: Mutex<Vec<(PluginStore, Instance)>>,
     prewarm: usize,
-    reaper: SyncSender<PluginStore>,
+    reaper: Arc<Reaper>,
     wake: Arc<(Mutex<bool>, Condvar)>,
 }
 
@@ -163,7 +209,7 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
-    reaper: SyncSender<PluginStore>,
+    reaper: Arc<Reaper>,
     wake: Arc<(Mutex<bool>, Condvar)>,
     plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>,
     prewarm: usize,
@@ -248,14 +294,11 @@ impl Runtime {
         // Reaper: dropping a used store takes ~10 us; not on the request
         // path. Bounded: when it falls behind, stores are dropped inline, so
         // used instances never pile up against the pool's limit.
-        let (reaper, rx) = sync_channel::<PluginStore>(REAPER_QUEUE);
+        let reaper = Arc::new(Reaper::default());
+        let (r2, s4) = (reaper.clone(), stop.clone());
         std::thread::Builder::new()
             .name("palisade-reaper".into())
-            .spawn(move || {
-                for s in rx {
-                    drop(s)
-                }
-            })
+            .spawn(move || r2.run(&s4))
             .map_err(|e| HostError::Plugin(e.to_string()))?;
         // Prewarmer: keeps each plugin's pool of ready instances filled.
         let wake = Arc::new((Mutex::new(false), Condvar::new()));
@@ -434,10 +477,15 @@ fn hex(b: &[u8]) -> String {
 }
 
 impl LoadedPlugin {
+    /// Wakes the prewarmer unless it is already awake: one futex wake per
+    /// refill, not per request.
     fn wake_prewarmer(&self) {
         let (m, cv) = &*self.wake;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_one();
+        let mut woken = m.lock().unwrap_or_else(|e| e.into_inner());
+        if !*woken {
+            *woken = true;
+            cv.notify_one();
+        }
     }
 
     fn failure(&self, kind: FailureKind, detail: String) -> StageFailure {
@@ -478,12 +526,19 @@ impl LoadedPlugin {
     /// A fresh, never-used instance (from the ready pool when possible),
     /// with its deadline and fuel reset for a call starting now.
     pub fn checkout(&self) -> Result<(PluginStore, Instance), StageFailure> {
-        let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (pooled, left) = {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            let p = ready.pop();
+            (p, ready.len())
+        };
+        // Refill in batches: wake the prewarmer once half the pool is used.
+        if left * 2 <= self.prewarm {
+            self.wake_prewarmer();
+        }
         let (mut store, inst) = match pooled {
             Some(x) => x,
             None => self.instantiate()?,
         };
-        self.wake_prewarmer();
         self.arm(&mut store);
         Ok((store, inst))
     }
@@ -498,13 +553,7 @@ impl LoadedPlugin {
 
     /// Hands a used store to the background reaper.
     pub fn dispose(&self, store: PluginStore) {
-        match self.reaper.try_send(store) {
-            Ok(()) => {}
-            Err(
-                std::sync::mpsc::TrySendError::Full(s)
-                | std::sync::mpsc::TrySendError::Disconnected(s),
-            ) => drop(s),
-        }
+        self.reaper.push(store);
     }
 
     /// Turns a call error into a classified failure.
