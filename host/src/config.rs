@@ -34,6 +34,8 @@ pub struct ServerSection {
     pub listen: SocketAddr,
     /// The policy file (plugins and route stages); required.
     pub policy: Option<PathBuf>,
+    /// API key file for the policy's `config_files.keys` entries.
+    pub keys_file: Option<PathBuf>,
     /// `human` or `json` log lines.
     pub log_format: LogFormat,
     /// Time a client has to send the request headers.
@@ -49,6 +51,7 @@ impl Default for ServerSection {
         ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             policy: None,
+            keys_file: None,
             log_format: LogFormat::Human,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
@@ -143,6 +146,11 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
         "server.policy",
         "none (required)",
         "the policy file: plugins and the stages of every route",
+    ),
+    (
+        "server.keys_file",
+        "none",
+        "API key file used wherever the policy names `config_files.keys` (created with an admin key, printed once, if missing)",
     ),
     (
         "server.log_format",
@@ -241,6 +249,9 @@ pub struct ServeFlags {
     /// server.policy
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// server.keys_file
+    #[arg(long)]
+    pub keys_file: Option<PathBuf>,
     /// server.log_format
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -336,6 +347,7 @@ impl ServeConfig {
         }
         set!(f.listen => cfg.server.listen);
         set!(f.policy => opt cfg.server.policy);
+        set!(f.keys_file => opt cfg.server.keys_file);
         set!(f.log_format => cfg.server.log_format);
         set!(f.header_read_timeout_secs => cfg.server.header_read_timeout_secs);
         set!(f.body_read_timeout_secs => cfg.server.body_read_timeout_secs);

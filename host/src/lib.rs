@@ -17,6 +17,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;

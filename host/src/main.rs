@@ -50,6 +50,11 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         chunks: usize,
     },
+    /// Manage API key files (the api-key plugin reads them).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Print the configuration reference (Markdown).
@@ -155,6 +160,87 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints it alone on the last line (the only time it
+    /// is shown).
+    Create {
+        /// The key file (created, mode 0600, if missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// Name of the key (unique in the file).
+        #[arg(long)]
+        id: String,
+        /// Scopes, comma separated (inference, embeddings, admin, metrics).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Tenant (default: the id).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Expiry: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or unix seconds.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Models the key may use, comma separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// List the keys (names and metadata; keys are never stored).
+    List {
+        /// The key file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove a key; it stops working at the server's next reload.
+    Revoke {
+        /// The key file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Name of the key.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn keys(command: KeysCommand) -> Result<()> {
+    use palisade::keys::{KeyFile, NewKey, parse_date};
+    match command {
+        KeysCommand::Create {
+            file,
+            id,
+            scopes,
+            tenant,
+            expires,
+            models,
+        } => {
+            let mut f = KeyFile::load_or_empty(&file)?;
+            let expires = expires.as_deref().map(parse_date).transpose()?;
+            let key = f.create(NewKey {
+                id: id.clone(),
+                scopes,
+                tenant,
+                expires,
+                models,
+            })?;
+            f.save(&file)?;
+            eprintln!(
+                "created key `{id}` in {}; it is shown once, below (reload the server to use it)",
+                file.display()
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { file } => print!("{}", KeyFile::load(&file)?.table()),
+        KeysCommand::Revoke { file, id } => {
+            let mut f = KeyFile::load(&file)?;
+            f.revoke(&id)?;
+            f.save(&file)?;
+            eprintln!(
+                "revoked `{id}`; it stops working when the server reloads (SIGHUP or POST /admin/reload)"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -189,6 +275,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::Keys { command } => keys(command)?,
         Command::BenchPlugins {
             policy,
             route,

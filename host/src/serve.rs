@@ -24,7 +24,22 @@ pub fn load_policy(cfg: &ServeConfig) -> Result<Pipeline, HostError> {
             "no policy file: pass --policy FILE (examples/policy.toml is the default policy); no route is served without one".into(),
         ));
     };
-    let policy = Policy::load(path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
+    let mut policy = Policy::load(path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
+    for spec in policy.plugins.values_mut() {
+        if let Some(keys) = spec.config_files.get_mut("keys") {
+            if let Some(k) = &cfg.server.keys_file {
+                keys.clone_from(k);
+            }
+            // First start: no key file yet. Make one with an admin key and
+            // show that key once.
+            if let Some(key) = crate::keys::bootstrap(keys)? {
+                eprintln!(
+                    "created {} with an admin key (all scopes); it is shown once:\n{key}",
+                    keys.display()
+                );
+            }
+        }
+    }
     Pipeline::build(policy)
 }
 

@@ -82,15 +82,82 @@ pub struct PluginSpec {
     pub sha256: String,
     /// Which world it implements.
     pub kind: PluginKind,
-    /// Values the plugin reads with `config::get`.
-    #[serde(default)]
+    /// Values the plugin reads with `config::get`. Strings are passed as
+    /// they are; numbers and booleans as their text; arrays and tables as
+    /// JSON text.
+    #[serde(default, deserialize_with = "config_values")]
     pub config: BTreeMap<String, String>,
+    /// Files the host reads for the plugin (at every load and reload; the
+    /// plugin itself gets no file access): `NAME = "path"`. A file holding
+    /// a JSON object gives one config value per entry, `NAME.KEY` (each
+    /// value as JSON text unless it is a string); any other file gives its
+    /// whole text as `NAME`.
+    #[serde(default)]
+    pub config_files: BTreeMap<String, PathBuf>,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
     /// Capabilities.
     #[serde(default)]
     pub grants: Grants,
+}
+
+/// Largest file `config_files` may name.
+pub const MAX_CONFIG_FILE: u64 = 64 << 20;
+
+fn config_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw: BTreeMap<String, toml::Value> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => serde_json::to_string(&other).unwrap_or_default(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+impl PluginSpec {
+    /// The config the plugin sees: `config` plus what `config_files`
+    /// expand to (read now, so a reload picks up a changed file).
+    pub fn effective_config(&self, name: &str) -> Result<BTreeMap<String, String>, HostError> {
+        let mut out = self.config.clone();
+        for (key, path) in &self.config_files {
+            let err = |e: String| {
+                HostError::Policy(format!(
+                    "plugin `{name}`: config file `{key}` ({}): {e}",
+                    path.display()
+                ))
+            };
+            let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+            if meta.len() > MAX_CONFIG_FILE {
+                return Err(err(format!("larger than {MAX_CONFIG_FILE} bytes")));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(map)) => {
+                    for (k, v) in map {
+                        let v = match v {
+                            serde_json::Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        out.insert(format!("{key}.{k}"), v);
+                    }
+                }
+                _ => {
+                    out.insert(key.clone(), text);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Limits of one plugin call.
@@ -202,6 +269,11 @@ impl Policy {
         for spec in p.plugins.values_mut() {
             if spec.path.is_relative() {
                 spec.path = base.join(&spec.path);
+            }
+            for f in spec.config_files.values_mut() {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
             }
         }
         p.check(routes)?;

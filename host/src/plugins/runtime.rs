@@ -357,7 +357,7 @@ impl Runtime {
         };
         let info = Arc::new(PluginInfo {
             name: name.to_string(),
-            config: spec.config.clone(),
+            config: spec.effective_config(name)?,
             grants: spec.grants.clone(),
             name_arc: Arc::from(name),
             http_allow: Arc::from(spec.grants.http.clone()),
