@@ -265,6 +265,9 @@ impl Pipeline {
         out: &mut Vec<StageRecord>,
     ) -> Result<Vec<Rewrite>, ApiError> {
         let mut rewrites = Vec::new();
+        // Stages that let the request through: told it used nothing when a
+        // later stage refuses it, so their reservations do not leak.
+        let mut admitted: Vec<&str> = Vec::new();
         for name in &rule.admission {
             let p = self.plugin(name);
             let (r, t) = timed(|| -> Result<AdmissionVerdict, StageFailure> {
@@ -306,10 +309,18 @@ impl Pipeline {
                         us,
                         Some(d.code.clone()),
                     );
+                    self.settle(&admitted, ctx, 0);
                     return Err(denied(d));
                 }
-                Err(f) => self.fail(out, "admission", &f, us, rule.failure)?,
+                Err(f) => {
+                    if let Err(e) = self.fail(out, "admission", &f, us, rule.failure) {
+                        self.settle(&admitted, ctx, 0);
+                        return Err(e);
+                    }
+                    continue; // failed open: it reserved nothing to settle
+                }
             }
+            admitted.push(name.as_str());
         }
         Ok(rewrites)
     }
@@ -317,7 +328,12 @@ impl Pipeline {
     /// Tells the admission stages how many tokens the request used
     /// (best effort: failures are logged, not surfaced).
     pub fn completed(&self, rule: &RouteRule, ctx: &RequestContext, tokens: u32) {
-        for name in &rule.admission {
+        let names: Vec<&str> = rule.admission.iter().map(String::as_str).collect();
+        self.settle(&names, ctx, tokens);
+    }
+
+    fn settle(&self, names: &[&str], ctx: &RequestContext, tokens: u32) {
+        for &name in names {
             let p = self.plugin(name);
             let (r, _) = timed(|| {
                 p.checkout().and_then(|(mut store, inst)| {

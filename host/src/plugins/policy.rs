@@ -56,6 +56,9 @@ impl Default for RuntimeSection {
 pub struct AuditSection {
     /// JSON-lines file (none: audit records go to the log).
     pub path: Option<PathBuf>,
+    /// Also record the prompt and the completion text (off: records carry
+    /// counts, verdicts and timings only).
+    pub include_text: bool,
 }
 
 /// The world a plugin implements.

@@ -144,6 +144,9 @@ async fn run(
         let mut recs = Vec::new();
         let r = scope.pipeline.admit(&scope.rule, &ctx, &mut recs);
         scope.add_records(recs);
+        // Settlement (`completed`) gets the context the stages admitted,
+        // so reservations made from it cancel exactly.
+        admitted = Some(ctx);
         for rw in r? {
             validate::apply_rewrite(
                 &l.engine,
@@ -151,15 +154,20 @@ async fn run(
                 rw.max_tokens,
                 rw.temperature,
                 rw.prepend_system,
-            )?;
+            )
+            .inspect_err(|_| settle_unused(&scope, admitted.as_ref()))?;
         }
-        admitted = Some(request_context(&scope, &valid, &l.model_name));
     }
-    let chain = scope.pipeline.output_chain(&scope.rule)?;
-    let permit = state.acquire_slot().await?;
-    let rxs = (0..valid.choices())
-        .map(|i| l.handle.submit(valid.engine_request(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let started = async {
+        let chain = scope.pipeline.output_chain(&scope.rule)?;
+        let permit = state.acquire_slot().await?;
+        let rxs = (0..valid.choices())
+            .map(|i| l.handle.submit(valid.engine_request(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, ApiError>((chain, permit, rxs))
+    }
+    .await;
+    let (chain, permit, rxs) = started.inspect_err(|_| settle_unused(&scope, admitted.as_ref()))?;
     state
         .metrics
         .prompt_tokens
@@ -185,6 +193,13 @@ async fn run(
         Ok(stream(ctx, rxs, permit, chain))
     } else {
         collect(ctx, rxs, permit, chain).await
+    }
+}
+
+/// Tells the admission stages a request they admitted will not run.
+fn settle_unused(scope: &Scope, admitted: Option<&RequestContext>) {
+    if let Some(ctx) = admitted {
+        scope.pipeline.completed(&scope.rule, ctx, 0);
     }
 }
 
@@ -292,7 +307,14 @@ impl Ctx {
     }
 
     /// Settles admission reservations and writes the audit record.
-    fn finish(&self, chain: OutputChain, status: u16, outcome: &str, completion: usize) {
+    fn finish(
+        &self,
+        chain: OutputChain,
+        status: u16,
+        outcome: &str,
+        completion: usize,
+        choices: &[ChoiceState],
+    ) {
         self.scope.add_records(chain.into_records());
         if let Some(ctx) = &self.admitted {
             self.scope
@@ -305,6 +327,12 @@ impl Ctx {
             outcome,
             Some(&self.model),
             Some((self.valid.prompt_tokens(), completion)),
+            self.state.audit.include_text.then(|| {
+                serde_json::json!({
+                    "prompts": self.valid.prompt_texts,
+                    "completions": choices.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+                })
+            }),
         );
     }
 }
@@ -350,7 +378,7 @@ async fn collect(
                     }
                     Err(OutputStop::Failed) => {
                         let completion = choices.iter().map(|c| c.tokens.len()).sum();
-                        ctx.finish(chain, 503, "error", completion);
+                        ctx.finish(chain, 503, "error", completion, &choices);
                         return Err(ApiError::Unavailable(
                             "a security check (output) could not run; the response was withheld"
                                 .into(),
@@ -364,14 +392,14 @@ async fn collect(
             SeqEvent::Error(e) => {
                 let err: ApiError = e.into();
                 let completion = choices.iter().map(|c| c.tokens.len()).sum();
-                ctx.finish(chain, err.status().as_u16(), "error", completion);
+                ctx.finish(chain, err.status().as_u16(), "error", completion, &choices);
                 return Err(err);
             }
         }
     }
     drop(merged); // cancels sequences still running after an abort
     let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
-    ctx.finish(chain, 200, outcome, completion);
+    ctx.finish(chain, 200, outcome, completion, &choices);
     let usage = ctx.usage(completion);
     let (created, fp) = (ctx.created(), ctx.state.fingerprint());
     Ok(match ctx.kind {
@@ -487,7 +515,7 @@ fn stream(
                 Kind::Text => continue,
             };
             if tx.send(Ok(ev)).await.is_err() {
-                ctx.finish(chain, 499, "cancelled", 0);
+                ctx.finish(chain, 499, "cancelled", 0, &[]);
                 return;
             }
         }
@@ -589,10 +617,11 @@ fn stream(
                 if outcome == "error" { 503 } else { 499 },
                 outcome,
                 completion,
+                &choices,
             );
             return;
         }
-        ctx.finish(chain, 200, outcome, completion);
+        ctx.finish(chain, 200, outcome, completion, &choices);
         if ctx.valid.include_usage {
             let usage = ctx.usage(choices.iter().map(|c| c.tokens.len()).sum());
             let ev = match ctx.kind {

@@ -72,6 +72,9 @@ pub struct AuditRecord<'a> {
     pub outcome: &'a str,
     /// Total microseconds.
     pub micros: u128,
+    /// Prompt and completion text, only when `[audit] include_text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
 }
 
 impl Scope {
@@ -91,6 +94,7 @@ impl Scope {
         outcome: &str,
         model: Option<&str>,
         tokens: Option<(usize, usize)>,
+        text: Option<serde_json::Value>,
     ) {
         self.audited.store(true, Ordering::Relaxed);
         let stages = self
@@ -115,6 +119,7 @@ impl Scope {
             status,
             outcome,
             micros: self.started.elapsed().as_micros(),
+            text,
         };
         state.audit.write(&rec);
     }
@@ -182,7 +187,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
                     started: Instant::now(),
                     audited: Arc::default(),
                 };
-                scope.audit(&state, e.status().as_u16(), "denied", None, None);
+                scope.audit(&state, e.status().as_u16(), "denied", None, None, None);
                 return e.into_response();
             }
         }
@@ -202,10 +207,21 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
     let resp = next.run(req).await;
     if !scope.audited.load(Ordering::Relaxed) {
         let status = resp.status().as_u16();
+        let denied = scope
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r.verdict == "deny");
         scope.audit(
             &state,
             status,
-            if status < 400 { "ok" } else { "error" },
+            match status {
+                _ if denied => "denied",
+                0..400 => "ok",
+                _ => "error",
+            },
+            None,
             None,
             None,
         );
@@ -217,14 +233,22 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
 #[derive(Debug, Default)]
 pub struct AuditSink {
     file: Option<Mutex<std::fs::File>>,
+    /// Records carry prompt and completion text.
+    pub include_text: bool,
 }
 
 impl AuditSink {
     /// Opens `path` for appending (mode 0600), or logs when `None`.
-    pub fn open(path: Option<&std::path::Path>) -> Result<Self, crate::HostError> {
+    pub fn open(
+        path: Option<&std::path::Path>,
+        include_text: bool,
+    ) -> Result<Self, crate::HostError> {
         use std::os::unix::fs::OpenOptionsExt;
         let Some(p) = path else {
-            return Ok(AuditSink::default());
+            return Ok(AuditSink {
+                file: None,
+                include_text,
+            });
         };
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::plugins::private_dir(dir)?;
@@ -237,6 +261,7 @@ impl AuditSink {
             .map_err(|e| crate::HostError::Server(format!("audit log {}: {e}", p.display())))?;
         Ok(AuditSink {
             file: Some(Mutex::new(f)),
+            include_text,
         })
     }
 

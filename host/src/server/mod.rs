@@ -83,7 +83,10 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let audit = AuditSink::open(pipeline.policy.audit.path.as_deref())?;
+        let audit = AuditSink::open(
+            pipeline.policy.audit.path.as_deref(),
+            pipeline.policy.audit.include_text,
+        )?;
         Ok(Arc::new(AppState {
             pipeline: ArcSwap::from_pointee(pipeline),
             audit,
