@@ -14,7 +14,7 @@ export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-e2e bench fixtures bench-serve
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve
 
 serve: model embedding-model plugins
 	$(CARGO) build --release
@@ -23,6 +23,7 @@ serve: model embedding-model plugins
 
 test: setup
 	$(MAKE) test-rust
+	$(MAKE) test-plugins
 	$(MAKE) test-e2e
 
 setup: toolchain model embedding-model venv plugins
@@ -49,6 +50,17 @@ venv: $(VENV)/.installed
 
 test-rust:
 	PALISADE_MODEL=$(MODEL) PALISADE_EMBED_MODEL=$(EMBED_MODEL) $(CARGO) test --workspace
+
+# Each standard plugin: its pure logic natively, then the component against
+# its recorded cases through `palisade plugin test`.
+HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+PLUGIN_FIXTURES := api-key-auth:api_key_auth rate-limit:rate_limit request-guard:request_guard $(if $(wildcard plugins/sensitive-data/tests/fixture.json),sensitive-data:sensitive_data)
+test-plugins: plugins
+	cd plugins && $(CARGO) test --target $(HOST_TARGET) -p request-guard $(if $(wildcard plugins/sensitive-data),-p sensitive-data)
+	$(CARGO) build --bin palisade
+	set -e; for p in $(PLUGIN_FIXTURES); do \
+	    ./target/debug/palisade plugin test plugins/target/wasm32-wasip2/release/$${p#*:}.wasm --fixture plugins/$${p%%:*}/tests/fixture.json; \
+	done
 
 test-e2e: venv
 	command -v openssl >/dev/null || (apt-get update -q && apt-get install -y -q openssl)

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use palisade::bench::{BenchArgs, run_bench};
 use palisade::config::{LogFormat, ServeConfig, ServeFlags};
 use palisade::generate::{GenerateArgs, run_chat, run_generate};
+use palisade::plugins::policy::PluginKind;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Write and test plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
@@ -158,6 +164,38 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Scaffold a buildable plugin with recorded test cases.
+    New {
+        /// Name (a crate name: lower-case, digits, - and _).
+        name: String,
+        /// The world it implements.
+        #[arg(long, value_parser = parse_kind)]
+        kind: PluginKind,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a plugin against recorded requests or streams and print its
+    /// verdicts (fails when an expectation in the fixture is not met).
+    Test {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// The fixture (JSON).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// The world (default: the fixture's `kind`).
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<PluginKind>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<PluginKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| "one of authenticator, admission, output-filter, tool".to_string())
 }
 
 #[derive(Subcommand)]
@@ -276,6 +314,26 @@ fn main() -> Result<()> {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
         Command::Keys { command } => keys(command)?,
+        Command::Plugin {
+            command: PluginCommand::New { name, kind, dir },
+        } => {
+            let d = palisade::plugins::scaffold::create(&dir, &name, kind)?;
+            eprintln!(
+                "created {}: `make test` builds it and runs tests/fixture.json",
+                d.display()
+            );
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    fixture,
+                    kind,
+                },
+        } => print!(
+            "{}",
+            palisade::plugins::devkit::run(&plugin, &fixture, kind)?
+        ),
         Command::BenchPlugins {
             policy,
             route,

@@ -5,10 +5,12 @@ pub mod bench;
 pub mod bindings;
 pub mod check;
 pub mod counters;
+pub mod devkit;
 pub mod http;
 pub mod pipeline;
 pub mod policy;
 pub mod runtime;
+pub mod scaffold;
 pub mod state;
 
 use std::path::Path;

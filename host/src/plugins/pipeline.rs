@@ -132,6 +132,11 @@ impl Pipeline {
         })
     }
 
+    /// A loaded plugin by name (for tools and the test harness).
+    pub fn loaded(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.get(name)
+    }
+
     fn plugin(&self, name: &str) -> &Arc<LoadedPlugin> {
         // Names were checked against the plugin table when the policy loaded.
         &self.plugins[name]
