@@ -14,7 +14,7 @@ export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve bench-policy bench-plugins
 
 serve: model embedding-model plugins
 	$(CARGO) build --release
@@ -89,6 +89,10 @@ fixtures: model $(BENCH_VENV)/.installed
 # comparison with the engine alone.
 bench-serve: model
 	scripts/bench_serve.sh $(ARGS)
+
+bench-policy: model plugins
+	$(CARGO) build --release
+	SKIP_BUILD=1 scripts/bench_policy.sh
 
 bench-plugins: plugins
 	$(CARGO) build --release
