@@ -24,9 +24,10 @@ serve: model embedding-model plugins
 test: setup
 	$(MAKE) test-rust
 	$(MAKE) test-plugins
+	$(MAKE) test-examples
 	$(MAKE) test-e2e
 
-setup: toolchain model embedding-model venv plugins
+setup: toolchain model embedding-model venv plugins examples
 
 toolchain:
 	rustup target add wasm32-wasip2
@@ -97,3 +98,5 @@ bench-policy: model plugins
 bench-plugins: plugins
 	$(CARGO) build --release
 	scripts/bench_plugins.sh
+
+include examples/plugins/examples.mk

@@ -517,10 +517,21 @@ impl LoadedPlugin {
             Pre::Filter(p) => p.instantiate(&mut store).map(Instance::Filter),
             Pre::Tool(p) => p.instantiate(&mut store).map(Instance::Tool),
         };
-        match r {
-            Ok(i) => Ok((store, i)),
-            Err(e) => Err(self.failure(FailureKind::Instantiate, format!("{e:#}"))),
+        let inst = r.map_err(|e| self.failure(FailureKind::Instantiate, format!("{e:#}")))?;
+        // `prepare`: config-derived state, built before any request and,
+        // for pooled instances, off the request path.
+        let prepared = match &inst {
+            Instance::Auth(i) => i.call_prepare(&mut store),
+            Instance::Admission(i) => i.call_prepare(&mut store),
+            Instance::Filter(i) => i.call_prepare(&mut store),
+            Instance::Tool(i) => i.call_prepare(&mut store),
+        };
+        if let Err(e) = prepared {
+            let mut f = self.classify(&store, e);
+            f.detail = format!("in prepare: {}", f.detail);
+            return Err(f);
         }
+        Ok((store, inst))
     }
 
     /// A fresh, never-used instance (from the ready pool when possible),

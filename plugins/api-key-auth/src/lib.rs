@@ -117,6 +117,9 @@ fn lookup(digest: &str) -> Result<Option<Key>, ()> {
 struct ApiKeyAuth;
 
 impl Guest for ApiKeyAuth {
+    /// Nothing to build ahead of a request: the config is read per call.
+    fn prepare() {}
+
     fn authenticate(req: RequestMeta) -> Result<Principal, Denial> {
         let Some(key) = presented(&req) else {
             return Err(unauthorized(

@@ -35,6 +35,7 @@ struct Limits {
     concurrent: Option<i64>,
 }
 
+#[derive(Clone)]
 struct Config {
     dims: Vec<(&'static str, Limits)>,
     window_ms: u64,
@@ -136,11 +137,27 @@ fn misconfigured(why: &str) -> AdmissionVerdict {
     )
 }
 
+thread_local! {
+    /// The parsed config, built by `prepare` before any request.
+    static CONFIG: std::cell::OnceCell<Result<Config, String>> = const { std::cell::OnceCell::new() };
+}
+
+/// The instance's config (parsed once; an instance lives for one request).
+fn config_ref() -> Result<Config, String> {
+    CONFIG.with(|c| c.get_or_init(load).clone())
+}
+
 struct RateLimit;
 
 impl Guest for RateLimit {
+    fn prepare() {
+        CONFIG.with(|c| {
+            c.get_or_init(load);
+        });
+    }
+
     fn admit(r: RequestContext) -> AdmissionVerdict {
-        let cfg = match load() {
+        let cfg = match config_ref() {
             Ok(c) => c,
             Err(e) => return misconfigured(&e),
         };
@@ -212,7 +229,7 @@ impl Guest for RateLimit {
     }
 
     fn completed(r: RequestContext, completion_tokens: u32) {
-        let Ok(cfg) = load() else { return };
+        let Ok(cfg) = config_ref() else { return };
         let used = i64::from(r.prompt_tokens) + i64::from(completion_tokens);
         for (dim, l) in &cfg.dims {
             let id = who(dim, &r);

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use palisade_plugin_sdk::admission::palisade::plugin::types::{RequestContext, Role};
-use regex::RegexSet;
+use regex_automata::meta::{Config as MetaConfig, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
 use serde::Deserialize;
 
 /// The parsed config.
@@ -19,7 +21,7 @@ pub struct Config {
     models: Option<Vec<String>>,
     roles: Option<Vec<String>>,
     repetition: Option<Repetition>,
-    patterns: Option<(RegexSet, Vec<String>)>,
+    patterns: Option<(Regex, Vec<String>)>,
     flag_only: bool,
 }
 
@@ -70,7 +72,20 @@ fn range(k: &str, v: &str) -> Result<(f32, f32), String> {
     Ok((r[0], r[1]))
 }
 
+/// Text the lazy DFA is run over in `prepare`, so the states ordinary
+/// prose reaches are built before a request arrives.
+const WARM_UP: &str = "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX, \
+    0123456789! Write a haiku about the sea? (Please) answer in one sentence: yes; no - maybe.\n";
+
 impl Config {
+    /// Runs the deny patterns once over ordinary text (building the lazy
+    /// DFA's common states ahead of the request).
+    pub fn warm_up(&self) {
+        if let Some((set, _)) = &self.patterns {
+            let _ = set.search_half(&regex_automata::Input::new(WARM_UP));
+        }
+    }
+
     /// From the plugin's config pairs.
     pub fn parse<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
         let mut c = Config::default();
@@ -103,7 +118,24 @@ impl Config {
                 }
                 "deny_patterns" => {
                     let pats: Vec<String> = json(k, v)?;
-                    let set = RegexSet::new(&pats).map_err(|e| format!("`deny_patterns`: {e}"))?;
+                    // Byte-oriented, ASCII classes and case folding: compiling
+                    // Unicode tables costs about a millisecond per instance,
+                    // and every request gets a fresh instance. `(?u)` turns
+                    // Unicode back on inside a pattern that needs it.
+                    // Only what a yes/no search needs (no captures, no
+                    // prefilter, no one-pass or backtracking engines):
+                    // compiling costs a third of the default.
+                    let set = Regex::builder()
+                        .syntax(syntax::Config::new().unicode(false).utf8(false))
+                        .configure(
+                            MetaConfig::new()
+                                .auto_prefilter(false)
+                                .onepass(false)
+                                .backtrack(false)
+                                .which_captures(WhichCaptures::Implicit),
+                        )
+                        .build_many(&pats)
+                        .map_err(|e| format!("`deny_patterns`: {e}"))?;
                     c.patterns = Some((set, pats));
                 }
                 "pattern_action" => {
@@ -270,7 +302,10 @@ pub fn check(c: &Config, r: &RequestContext) -> Outcome {
     }
     if let Some((set, pats)) = &c.patterns {
         for t in texts() {
-            if let Some(i) = set.matches(t).iter().next() {
+            if let Some(i) = set
+                .search_half(&regex_automata::Input::new(t))
+                .map(|m| m.pattern().as_usize())
+            {
                 if c.flag_only {
                     return Outcome::Flag(format!("deny-listed pattern {i} matched: {}", pats[i]));
                 }

@@ -55,25 +55,36 @@ fn load() -> Result<Config, String> {
     Config::parse(all.iter().map(|p| (p.name.as_str(), p.value.as_str())))
 }
 
+thread_local! {
+    /// The parsed config (patterns compiled), built by `prepare` before any
+    /// request reaches this instance.
+    static CONFIG: std::cell::OnceCell<Result<Config, String>> = const { std::cell::OnceCell::new() };
+}
+
 struct Guard;
 
 impl Guest for Guard {
-    fn admit(r: RequestContext) -> AdmissionVerdict {
-        let cfg = match load() {
-            Ok(c) => c,
-            Err(e) => {
-                return deny(
-                    500,
-                    "guard_misconfigured",
-                    &format!("request guard misconfigured: {e}"),
-                );
+    fn prepare() {
+        CONFIG.with(|c| {
+            if let Ok(cfg) = c.get_or_init(load) {
+                cfg.warm_up();
             }
-        };
-        match checks::check(&cfg, &r) {
-            Outcome::Allow => AdmissionVerdict::Allow,
-            Outcome::Flag(note) => AdmissionVerdict::Flag(note),
-            Outcome::Deny(status, code, message) => deny(status, code, &message),
-        }
+        });
+    }
+
+    fn admit(r: RequestContext) -> AdmissionVerdict {
+        CONFIG.with(|c| match c.get_or_init(load) {
+            Err(e) => deny(
+                500,
+                "guard_misconfigured",
+                &format!("request guard misconfigured: {e}"),
+            ),
+            Ok(cfg) => match checks::check(cfg, &r) {
+                Outcome::Allow => AdmissionVerdict::Allow,
+                Outcome::Flag(note) => AdmissionVerdict::Flag(note),
+                Outcome::Deny(status, code, message) => deny(status, code, &message),
+            },
+        })
     }
 
     fn completed(_r: RequestContext, _completion_tokens: u32) {}

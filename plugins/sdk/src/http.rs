@@ -68,7 +68,9 @@ pub fn get(url: &str, max_body: usize) -> Result<Response, HttpError> {
     req.set_scheme(Some(&scheme)).map_err(bad)?;
     req.set_authority(Some(authority)).map_err(bad)?;
     req.set_path_with_query(Some(path)).map_err(bad)?;
-    let body = req.body().map_err(|_| HttpError::Failed("request body".into()))?;
+    let body = req
+        .body()
+        .map_err(|_| HttpError::Failed("request body".into()))?;
     OutgoingBody::finish(body, None).map_err(code)?;
     let pending = outgoing_handler::handle(req, None).map_err(code)?;
     pending.subscribe().block();

@@ -5,8 +5,9 @@
 //! use palisade_plugin_sdk::admission::{Guest, palisade::plugin::types::*};
 //! struct Guard;
 //! impl Guest for Guard {
+//!     fn prepare() {}
 //!     fn admit(r: RequestContext) -> AdmissionVerdict {
-//!         if r.max_tokens > 512 { palisade_plugin_sdk::deny(400, "too_long", "max_tokens above 512") } else { AdmissionVerdict::Allow }
+//!         if r.max_tokens > 512 { palisade_plugin_sdk::admission::deny(400, "too_long", "max_tokens above 512") } else { AdmissionVerdict::Allow }
 //!     }
 //!     fn completed(_: RequestContext, _: u32) {}
 //! }

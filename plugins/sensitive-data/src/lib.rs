@@ -67,8 +67,8 @@ use palisade_plugin_sdk::output_filter::palisade::plugin::types::FilterVerdict;
 use scan::{Filter, Verdict};
 
 thread_local! {
-    /// The instance's filter (one instance serves one response), built on
-    /// the first call.
+    /// The instance's filter (one instance serves one response), built by
+    /// `prepare` before any request (or on the first call).
     static FILTER: RefCell<Option<Filter>> = const { RefCell::new(None) };
 }
 
@@ -91,6 +91,12 @@ fn with_filter(f: impl FnOnce(&mut Filter) -> Verdict) -> FilterVerdict {
 struct SensitiveData;
 
 impl Guest for SensitiveData {
+    fn prepare() {
+        FILTER.with_borrow_mut(|slot| {
+            slot.get_or_insert_with(load);
+        });
+    }
+
     fn filter(index: u32, chunk: String) -> FilterVerdict {
         with_filter(|f| f.filter(index, &chunk))
     }

@@ -9,6 +9,9 @@ use palisade_plugin_sdk::admission::{Guest, deny};
 struct Plugin;
 
 impl Guest for Plugin {
+    /// Nothing to build ahead of a request: the config is read per call.
+    fn prepare() {}
+
     fn admit(r: RequestContext) -> AdmissionVerdict {
         let max: u32 = config::get("max_tokens")
             .and_then(|v| v.parse().ok())

@@ -9,6 +9,9 @@ use palisade_plugin_sdk::authenticator::palisade::plugin::types::{Denial, Princi
 struct Plugin;
 
 impl Guest for Plugin {
+    /// Nothing to build ahead of a request: the config is read per call.
+    fn prepare() {}
+
     fn authenticate(r: RequestMeta) -> Result<Principal, Denial> {
         let teams = config::get("teams").unwrap_or_default();
         let team = r.headers.iter().find(|h| h.name == "x-team").map(|h| h.value.as_str());

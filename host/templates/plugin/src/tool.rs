@@ -6,6 +6,9 @@ use palisade_plugin_sdk::tool::palisade::plugin::types::ToolDescription;
 struct Plugin;
 
 impl Guest for Plugin {
+    /// Nothing to build ahead of a request: the config is read per call.
+    fn prepare() {}
+
     fn describe() -> ToolDescription {
         ToolDescription {
             name: "add".into(),

@@ -13,6 +13,12 @@ use palisade_plugin_sdk::admission::{Guest, deny};
 struct Misbehave;
 
 impl Guest for Misbehave {
+    fn prepare() {
+        if config::get("mode").as_deref() == Some("trap-prepare") {
+            panic!("deliberate trap in prepare");
+        }
+    }
+
     fn admit(_r: RequestContext) -> AdmissionVerdict {
         let mode = config::get("mode").unwrap_or_default();
         match mode.as_str() {

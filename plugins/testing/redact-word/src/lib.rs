@@ -50,6 +50,9 @@ fn process(index: u32, chunk: &str, end: bool) -> FilterVerdict {
 struct RedactWord;
 
 impl Guest for RedactWord {
+    /// Nothing to build ahead of a request: the config is read per call.
+    fn prepare() {}
+
     fn filter(index: u32, chunk: String) -> FilterVerdict {
         process(index, &chunk, false)
     }
