@@ -144,6 +144,11 @@ def test_broken_plugins_fail_closed_and_the_server_keeps_serving(binary, tmp_pat
         assert s.stop() == 0
 
 
+def test_a_plugin_that_traps_in_prepare_refuses_to_load(binary, tmp_path):
+    err = start_fails(binary, misbehaving("trap-prepare"), tmp_path)
+    assert "`bad`" in err and "prepare" in err, err
+
+
 def test_fail_open_skips_the_broken_stage(binary, tmp_path):
     s = Server(binary, "--no-embeddings", policy=write(tmp_path, misbehaving("loop", failure="open", deadline_ms=50)))
     try:

@@ -377,7 +377,7 @@ impl Runtime {
         });
         // One instance now proves the plugin instantiates at all.
         let first = p
-            .instantiate()
+            .instantiate_outside_async()
             .map_err(|f| HostError::Plugin(f.to_string()))?;
         p.ready
             .lock()
@@ -534,6 +534,22 @@ impl LoadedPlugin {
         Ok((store, inst))
     }
 
+    /// `instantiate` on a thread outside any async runtime: `prepare` may
+    /// call WASI imports (a panic message to stderr, say) that block on
+    /// wasmtime-wasi's own runtime, which panics inside another one. Used
+    /// when loading and when the ready pool is empty (rare: the prewarmer,
+    /// a plain thread, keeps it filled).
+    fn instantiate_outside_async(&self) -> Result<(PluginStore, Instance), StageFailure> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.instantiate();
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| self.instantiate()).join().unwrap_or_else(|_| {
+                Err(self.failure(FailureKind::Instantiate, "instantiation panicked".into()))
+            })
+        })
+    }
+
     /// A fresh, never-used instance (from the ready pool when possible),
     /// with its deadline and fuel reset for a call starting now.
     pub fn checkout(&self) -> Result<(PluginStore, Instance), StageFailure> {
@@ -548,7 +564,7 @@ impl LoadedPlugin {
         }
         let (mut store, inst) = match pooled {
             Some(x) => x,
-            None => self.instantiate()?,
+            None => self.instantiate_outside_async()?,
         };
         self.arm(&mut store);
         Ok((store, inst))
