@@ -127,6 +127,7 @@ impl Scope {
 
 /// The guard middleware.
 pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let Some(route) = req
         .extensions()
         .get::<MatchedPath>()
@@ -184,7 +185,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
                     request_id,
                     client,
                     route,
-                    started: Instant::now(),
+                    started,
                     audited: Arc::default(),
                 };
                 scope.audit(&state, e.status().as_u16(), "denied", None, None, None);
@@ -200,7 +201,7 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
         request_id,
         client,
         route,
-        started: Instant::now(),
+        started,
         audited: Arc::new(AtomicBool::new(false)),
     };
     req.extensions_mut().insert(scope.clone());

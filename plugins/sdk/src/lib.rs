@@ -16,6 +16,44 @@
 
 pub mod http;
 
+/// Typed helpers shared by every world's module.
+macro_rules! helpers {
+    () => {
+        /// The config value `key` parsed as `T` (numbers, booleans, ...);
+        /// `Err` names the key when it does not parse.
+        pub fn config_as<T: core::str::FromStr>(key: &str) -> Result<Option<T>, String> {
+            match palisade::plugin::config::get(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("config `{key}`: `{v}` is not a valid value")),
+            }
+        }
+
+        /// The config value `key` as a list: JSON arrays (what the policy
+        /// passes for TOML arrays) or comma-separated text.
+        pub fn config_list(key: &str) -> Vec<String> {
+            let Some(v) = palisade::plugin::config::get(key) else {
+                return Vec::new();
+            };
+            let t = v.trim();
+            if let Some(inner) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                return inner
+                    .split(',')
+                    .map(|x| x.trim().trim_matches('"').to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+            }
+            t.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        }
+    };
+}
+
 /// The `authenticator` world.
 pub mod authenticator {
     wit_bindgen::generate!({
@@ -25,6 +63,8 @@ pub mod authenticator {
         export_macro_name: "export_authenticator",
         default_bindings_module: "palisade_plugin_sdk::authenticator",
     });
+
+    helpers!();
 }
 
 /// The `admission` world.
@@ -37,7 +77,30 @@ pub mod admission {
         default_bindings_module: "palisade_plugin_sdk::admission",
     });
 
+    helpers!();
+
     use palisade::plugin::types::Denial;
+
+    /// A denial verdict with extra response headers (e.g. `retry-after`).
+    pub fn deny_with_headers(
+        status: u16,
+        code: &str,
+        message: &str,
+        headers: &[(&str, &str)],
+    ) -> AdmissionVerdict {
+        AdmissionVerdict::Deny(Denial {
+            status,
+            code: code.into(),
+            message: message.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| palisade::plugin::types::Pair {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        })
+    }
 
     /// A denial verdict with no extra headers.
     pub fn deny(status: u16, code: &str, message: &str) -> AdmissionVerdict {
@@ -59,6 +122,8 @@ pub mod output_filter {
         export_macro_name: "export_output_filter",
         default_bindings_module: "palisade_plugin_sdk::output_filter",
     });
+
+    helpers!();
 }
 
 /// The `tool` world.
@@ -70,4 +135,6 @@ pub mod tool {
         export_macro_name: "export_tool",
         default_bindings_module: "palisade_plugin_sdk::tool",
     });
+
+    helpers!();
 }

@@ -13,9 +13,11 @@ impl Guest for Plugin {
     fn prepare() {}
 
     fn admit(r: RequestContext) -> AdmissionVerdict {
-        let max: u32 = config::get("max_tokens")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
+        let max: u32 = match palisade_plugin_sdk::admission::config_as("max_tokens") {
+            Ok(v) => v.unwrap_or(256),
+            // A bad config is a refusal with a clear message, never a trap.
+            Err(e) => return deny(500, "misconfigured", &e),
+        };
         if r.max_tokens > max {
             return deny(400, "max_tokens_too_large", &format!("max_tokens above {max}"));
         }
