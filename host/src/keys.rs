@@ -20,11 +20,10 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::HostError;
+use crate::plugins::sha256_hex;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::HostError;
 
 /// Scopes the server's routes use.
 pub const KNOWN_SCOPES: &[&str] = &["inference", "embeddings", "admin", "metrics"];
@@ -169,7 +168,7 @@ impl KeyFile {
             "pal_{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         );
-        let digest = hex(&Sha256::digest(key.as_bytes()));
+        let digest = sha256_hex(key.as_bytes());
         self.keys.insert(
             digest,
             KeyRecord {
@@ -236,10 +235,6 @@ pub fn bootstrap(path: &Path) -> Result<Option<String>, HostError> {
     })?;
     f.save(path)?;
     Ok(Some(key))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -401,7 +396,7 @@ mod tests {
         f.revoke("app").unwrap();
         assert!(f.revoke("app").is_err());
         assert_eq!(f.keys.len(), 1);
-        let digest = hex(&Sha256::digest(admin.as_bytes()));
+        let digest = sha256_hex(admin.as_bytes());
         assert_eq!(f.keys[&digest].scopes, KNOWN_SCOPES);
     }
 }

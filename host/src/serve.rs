@@ -17,21 +17,32 @@ use crate::plugins::policy::Policy;
 use crate::scheduler::EngineHandle;
 use crate::server::{AppState, Loaded, ROUTES, listener, router};
 
-/// Loads and builds the configured policy (required).
-pub fn load_policy(cfg: &ServeConfig) -> Result<Pipeline, HostError> {
+/// Reads the configured policy file (required) with its key files pointed
+/// at `server.keys_file` when one is set: at start and on every reload.
+pub fn read_policy(cfg: &ServeConfig) -> Result<Policy, HostError> {
     let Some(path) = &cfg.server.policy else {
         return Err(HostError::Policy(
             "no policy file: pass --policy FILE (examples/policy.toml is the default policy); no route is served without one".into(),
         ));
     };
     let mut policy = Policy::load(path, &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>())?;
-    for spec in policy.plugins.values_mut() {
-        if let Some(keys) = spec.config_files.get_mut("keys") {
-            if let Some(k) = &cfg.server.keys_file {
+    if let Some(k) = &cfg.server.keys_file {
+        for spec in policy.plugins.values_mut() {
+            if let Some(keys) = spec.config_files.get_mut("keys") {
                 keys.clone_from(k);
             }
-            // First start: no key file yet. Make one with an admin key and
-            // show that key once.
+        }
+    }
+    Ok(policy)
+}
+
+/// Loads and builds the configured policy at start. First start: a key
+/// file the policy names that does not exist yet is created with an admin
+/// key, shown once (a reload never does this: a missing file fails it).
+pub fn load_policy(cfg: &ServeConfig) -> Result<Pipeline, HostError> {
+    let policy = read_policy(cfg)?;
+    for spec in policy.plugins.values() {
+        if let Some(keys) = spec.config_files.get("keys") {
             if let Some(key) = crate::keys::bootstrap(keys)? {
                 eprintln!(
                     "created {} with an admin key (all scopes); it is shown once:\n{key}",

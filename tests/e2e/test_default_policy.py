@@ -204,3 +204,19 @@ def test_rate_limits_refuse_then_recover_after_the_window(binary, tmp_path):
             pytest.fail("the token budget never applied")
     finally:
         assert s.stop() == 0
+
+
+def test_keys_file_flag_holds_across_reloads(binary, tmp_path):
+    f = tmp_path / "other-keys.json"
+    admin = keys(binary, "create", "--file", f, "--id", "ops", "--scopes", "inference,admin")
+    s = Server(binary, "--no-embeddings", "--keys-file", f, policy=rate_policy(tmp_path, tmp_path / "policy-keys.json"), wait_ready=False)
+    try:
+        assert not (tmp_path / "policy-keys.json").exists(), "--keys-file replaces the policy's key file"
+        late = keys(binary, "create", "--file", f, "--id", "late", "--scopes", "inference")
+        r = httpx.post(s.url + "/admin/reload", headers={"authorization": f"Bearer {admin}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        # After the reload the server still reads --keys-file, with the new key in it.
+        assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {late}"}).status_code == 403
+        assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {admin}"}).status_code == 200
+    finally:
+        assert s.stop() == 0

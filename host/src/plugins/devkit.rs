@@ -32,7 +32,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::bindings::shared::palisade::plugin::types::{
     Message, Pair, Principal, RequestContext, RequestMeta, Role, Sampling,
@@ -72,6 +71,7 @@ struct Case {
 }
 
 /// What a case came to.
+#[derive(Default)]
 struct Verdict {
     verdict: String,
     status: Option<u16>,
@@ -244,14 +244,7 @@ fn tool_case(
         plugin.dispose(store);
         r.map(|r| (d, r))
     });
-    let mut v = Verdict {
-        verdict: String::new(),
-        status: None,
-        code: None,
-        principal: None,
-        text: None,
-        detail: String::new(),
-    };
+    let mut v = Verdict::default();
     match r {
         Ok((d, Ok(out))) => {
             v.verdict = "ok".into();
@@ -285,10 +278,7 @@ pub fn run(plugin: &Path, fixture: &Path, kind: Option<PluginKind>) -> Result<St
     let name = "under-test".to_string();
     let spec = PluginSpec {
         path: plugin.to_path_buf(),
-        sha256: Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: super::sha256_hex(&bytes),
         kind,
         config: fx
             .config

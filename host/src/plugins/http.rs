@@ -14,6 +14,8 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::state::PluginInfo;
+
 /// One allow-list entry: `host`, `host:port`, `*.domain` or `*.domain:port`,
 /// or an IP address (IPv6 in brackets when a port follows).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -159,20 +161,14 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 /// The `wasi:http` hooks of one plugin store: the allow-list check, the
 /// address check and the deadline.
 pub struct HttpGuard {
-    plugin: Arc<str>,
-    allow: Arc<[HostPattern]>,
-    deadline: Duration,
+    info: Arc<PluginInfo>,
 }
 
 impl HttpGuard {
-    /// The guard for `plugin`, allowing `allow`, each request bounded by
-    /// `deadline`.
-    pub fn new(plugin: Arc<str>, allow: Arc<[HostPattern]>, deadline: Duration) -> Self {
-        HttpGuard {
-            plugin,
-            allow,
-            deadline,
-        }
+    /// The guard for a plugin: its `grants.http` allow-list, each request
+    /// bounded by its call deadline.
+    pub fn new(info: Arc<PluginInfo>) -> Self {
+        HttpGuard { info }
     }
 
     /// The matching entry for `uri`, or why there is none.
@@ -182,10 +178,10 @@ impl HttpGuard {
             Some("http") => 80,
             _ => 443,
         });
-        match self.allow.iter().find(|p| p.matches(host, port)) {
+        match self.info.grants.http.iter().find(|p| p.matches(host, port)) {
             Some(p) => Ok((host.to_string(), port, p)),
             None => {
-                tracing::warn!(plugin = %self.plugin, %host, port, "outgoing HTTP refused: not in the plugin's allow-list");
+                tracing::warn!(plugin = %self.info.name, %host, port, "outgoing HTTP refused: not in the plugin's allow-list");
                 Err(HttpError::HttpRequestDenied)
             }
         }
@@ -215,7 +211,7 @@ impl WasiHttpHooks for HttpGuard {
         let admitted = self
             .admit(request.uri())
             .map(|(h, port, p)| (h, port, p.literal.is_some()));
-        let (deadline, plugin) = (self.deadline, self.plugin.clone());
+        let (deadline, plugin) = (self.info.deadline, self.info.name.clone());
         Box::new(async move {
             let (host, port, literal) = admitted?;
             if !literal {

@@ -15,7 +15,17 @@ pub mod state;
 
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::HostError;
+
+/// The sha256 of `bytes`, lower-case hex (plugin pins, API key hashes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Creates `dir` (mode 0700) if needed and refuses it when another user
 /// owns it or others can write to it.

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
@@ -332,7 +331,7 @@ impl Runtime {
         let bytes = std::fs::read(&spec.path).map_err(|e| {
             HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
         })?;
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = super::sha256_hex(&bytes);
         if !digest.eq_ignore_ascii_case(&spec.sha256) {
             return Err(HostError::Plugin(format!(
                 "plugin `{name}`: {} has sha256 {digest}, the policy pins {}; refusing to load it",
@@ -359,8 +358,6 @@ impl Runtime {
             name: name.to_string(),
             config: spec.effective_config(name)?,
             grants: spec.grants.clone(),
-            name_arc: Arc::from(name),
-            http_allow: Arc::from(spec.grants.http.clone()),
             deadline: Duration::from_millis(spec.limits.deadline_ms),
             counters,
         });
@@ -470,10 +467,6 @@ fn prewarm_loop(
         }
         *woken = false;
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl LoadedPlugin {

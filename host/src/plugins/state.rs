@@ -31,10 +31,6 @@ pub struct PluginInfo {
     pub grants: Grants,
     /// The counters backend (used only when granted).
     pub counters: Arc<dyn CounterStore>,
-    /// Its name, shared with the HTTP guard of each store.
-    pub name_arc: Arc<str>,
-    /// Its HTTP allow-list, shared likewise.
-    pub http_allow: Arc<[super::http::HostPattern]>,
     /// Its per-call deadline (bounds each outgoing HTTP request).
     pub deadline: Duration,
 }
@@ -85,11 +81,7 @@ impl PluginState {
         if !info.grants.clock {
             b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
-        let http_guard = super::http::HttpGuard::new(
-            info.name_arc.clone(),
-            info.http_allow.clone(),
-            info.deadline,
-        );
+        let http_guard = super::http::HttpGuard::new(info.clone());
         PluginState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
@@ -174,17 +166,7 @@ impl counters::Host for PluginState {
             .map(|(value, reset_ms)| counters::Window { value, reset_ms })
     }
     fn get(&mut self, key: String, window_ms: u64) -> Result<counters::Window, String> {
-        if !self.info.grants.counters {
-            return Err(format!(
-                "capability `counters` is not granted to plugin `{}`",
-                self.info.name
-            ));
-        }
-        let key = format!("{}/{key}", self.info.name);
-        self.info
-            .counters
-            .add(&key, 0, window_ms)
-            .map(|(value, reset_ms)| counters::Window { value, reset_ms })
+        counters::Host::add(self, key, 0, window_ms)
     }
 }
 

@@ -104,20 +104,11 @@ impl AppState {
     /// Rebuilds the pipeline from the policy file and swaps it in; on any
     /// error the old one stays and the error says why.
     pub async fn reload(self: &Arc<Self>) -> Result<(), crate::HostError> {
-        let Some(path) = self.config.server.policy.clone() else {
-            return Err(crate::HostError::Policy(
-                "no policy file is configured".into(),
-            ));
-        };
-        let built = tokio::task::spawn_blocking(move || {
-            let policy = crate::plugins::policy::Policy::load(
-                &path,
-                &ROUTES.iter().map(|r| r.1).collect::<Vec<_>>(),
-            )?;
-            Pipeline::build(policy)
-        })
-        .await
-        .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
+        let cfg = self.config.clone();
+        let built =
+            tokio::task::spawn_blocking(move || Pipeline::build(crate::serve::read_policy(&cfg)?))
+                .await
+                .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
         self.pipeline.store(Arc::new(built));
         tracing::info!("policy reloaded");
         Ok(())
