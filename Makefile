@@ -51,6 +51,7 @@ venv: $(VENV)/.installed
 
 test-rust:
 	PALISADE_MODEL=$(MODEL) PALISADE_EMBED_MODEL=$(EMBED_MODEL) $(CARGO) test --workspace
+	$(CARGO) check -p palisade-kernels --features cuda --tests
 
 # Each standard plugin: its pure logic natively, then the component against
 # its recorded cases through `palisade plugin test`.

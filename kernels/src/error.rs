@@ -28,4 +28,17 @@ pub enum KernelError {
         /// Row length given.
         cols: usize,
     },
+    /// Inputs of a kernel call do not fit together (lengths, head counts);
+    /// the message names the call, the argument and the sizes.
+    #[error("{0}")]
+    Shape(String),
+    /// No CUDA device can be used: the crate was built without the `cuda`
+    /// feature, the driver library (`libcuda`) or NVRTC is missing, or the
+    /// driver found no device at the ordinal asked for.
+    #[error("no CUDA device: {0}")]
+    NoCuda(String),
+    /// A CUDA call failed on a device that was opened: kernel compilation,
+    /// allocation, copy or launch. The message names the call.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
 }

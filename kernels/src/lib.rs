@@ -28,6 +28,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod matmul;
 pub mod ops;
