@@ -105,6 +105,23 @@ pub enum EngineError {
         /// Allowed range and the value given.
         message: String,
     },
+    /// The sequence needs more KV cache than the whole cache holds.
+    #[error(
+        "prompt of {prompt} tokens plus max_tokens {max_tokens} needs {needed} KV cache positions; the cache holds {capacity} (raise --kv-cache-bytes or lower max_tokens)"
+    )]
+    KvCacheTooSmall {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Requested completion tokens.
+        max_tokens: usize,
+        /// Positions needed.
+        needed: usize,
+        /// Positions the cache holds.
+        capacity: usize,
+    },
+    /// A batch step failed; the sequences in it end (an engine bug).
+    #[error("the batch failed: {0}")]
+    Batch(String),
     /// A kernel rejected its inputs (a bug or a corrupt model).
     #[error(transparent)]
     Kernel(#[from] palisade_kernels::KernelError),

@@ -1,12 +1,14 @@
-//! Generation of one sequence: prefill the prompt, then sample and decode
-//! token by token, streaming text deltas with stop handling.
+//! Generation: what to generate, the per-sequence decoding state (sampling,
+//! text deltas, stop handling), and [`Generation`], an iterator over one
+//! sequence's tokens for callers that run a single sequence.
 
 use crate::Engine;
 use crate::error::{EngineError, Result};
-use crate::model::{KvCache, Workspace};
+use crate::kv::BLOCK_SIZE;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::scheduler::{Output, Scheduler, SchedulerConfig, SeqId};
 use crate::stop::{StopEvent, StopStrings};
-use crate::tokenizer::TextStream;
+use crate::tokenizer::{TextStream, Tokenizer};
 
 /// Longest run of prompt tokens evaluated in one forward call.
 pub const PREFILL_CHUNK: usize = 512;
@@ -58,37 +60,40 @@ pub struct Step {
     pub finish: Option<FinishReason>,
 }
 
-/// An in-progress generation; iterate it to get [`Step`]s.
-pub struct Generation<'e> {
-    engine: &'e Engine,
-    req: GenerateRequest,
-    cache: KvCache,
-    ws: Workspace,
+/// The decoding state of one sequence: sampler, text assembly and stop
+/// handling. The scheduler feeds it logits; it returns the [`Step`].
+#[derive(Debug)]
+pub(crate) struct Decoder {
     sampler: Sampler,
     text: TextStream,
     stops: StopStrings,
-    last: Option<u32>,
+    stop_token_ids: Vec<u32>,
+    ignore_eos: bool,
+    max_tokens: usize,
     generated: usize,
-    done: bool,
 }
 
-impl std::fmt::Debug for Generation<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generation")
-            .field("generated", &self.generated)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl<'e> Generation<'e> {
-    pub(crate) fn new(engine: &'e Engine, req: GenerateRequest) -> Result<Self> {
-        let vocab = engine.model.config.vocab;
-        req.sampling.validate(vocab)?;
+impl Decoder {
+    /// Validates `req` against the engine and sets up its state.
+    pub(crate) fn new(engine: &Engine, req: &GenerateRequest) -> Result<Self> {
+        req.sampling.validate(engine.model.config.vocab)?;
         if req.prompt.is_empty() {
             return Err(EngineError::InvalidParameter {
                 field: "prompt",
                 message: "the prompt has no tokens".into(),
+            });
+        }
+        if req.max_tokens == 0 {
+            return Err(EngineError::InvalidParameter {
+                field: "max_tokens",
+                message: "must be at least 1".into(),
+            });
+        }
+        let vocab = engine.model.config.vocab;
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter {
+                field: "prompt",
+                message: format!("token id {bad} is outside the vocabulary (0..{vocab})"),
             });
         }
         let context = engine.max_context();
@@ -99,62 +104,23 @@ impl<'e> Generation<'e> {
                 context,
             });
         }
-        let cache = KvCache::new(&engine.model.config, req.prompt.len() + req.max_tokens);
-        let sampler = Sampler::new(req.sampling.clone(), &req.prompt);
-        let stops = StopStrings::new(req.stop.clone());
-        Ok(Generation {
-            engine,
-            req,
-            cache,
-            ws: Workspace::default(),
-            sampler,
+        Ok(Decoder {
+            sampler: Sampler::new(req.sampling.clone(), &req.prompt),
             text: TextStream::default(),
-            stops,
-            last: None,
+            stops: StopStrings::new(req.stop.clone()),
+            stop_token_ids: req.stop_token_ids.clone(),
+            ignore_eos: req.ignore_eos,
+            max_tokens: req.max_tokens,
             generated: 0,
-            done: false,
         })
     }
 
-    /// Tokens generated so far.
-    pub fn generated(&self) -> usize {
-        self.generated
-    }
-
-    fn logits_for_next(&mut self) -> Result<Vec<f32>> {
-        let m = &self.engine.model;
-        let pool = &self.engine.pool;
-        match self.last {
-            None => {
-                let prompt = self.req.prompt.clone();
-                let mut start = 0;
-                let mut logits = Vec::new();
-                for chunk in prompt.chunks(PREFILL_CHUNK) {
-                    logits = m
-                        .forward(pool, &mut self.ws, &mut self.cache, chunk, start, false)?
-                        .to_vec();
-                    start += chunk.len();
-                }
-                Ok(logits)
-            }
-            Some(t) => {
-                let pos = self.cache.len;
-                Ok(
-                    m.forward(pool, &mut self.ws, &mut self.cache, &[t], pos, false)?
-                        .to_vec(),
-                )
-            }
-        }
-    }
-
-    fn step(&mut self) -> Result<Step> {
-        let mut logits = self.logits_for_next()?;
-        let sampled = self.sampler.sample(&mut logits);
-        let tok = &self.engine.tokenizer;
+    /// Samples the next token from `logits` (modified in place).
+    pub(crate) fn accept(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Step {
+        let sampled = self.sampler.sample(logits);
         self.generated += 1;
-        self.last = Some(sampled.token);
-        let is_stop_token = (!self.req.ignore_eos && tok.stop_ids.contains(&sampled.token))
-            || self.req.stop_token_ids.contains(&sampled.token);
+        let is_stop_token = (!self.ignore_eos && tok.stop_ids.contains(&sampled.token))
+            || self.stop_token_ids.contains(&sampled.token);
         let mut finish = None;
         let mut text;
         if is_stop_token {
@@ -169,19 +135,16 @@ impl<'e> Generation<'e> {
                     finish = Some(FinishReason::Stop);
                 }
             }
-            if finish.is_none() && self.generated >= self.req.max_tokens {
+            if finish.is_none() && self.generated >= self.max_tokens {
                 finish = Some(FinishReason::Length);
                 text.push_str(&self.flush());
             }
         }
-        if finish.is_some() {
-            self.done = true;
-        }
-        Ok(Step {
+        Step {
             sampled,
             text,
             finish,
-        })
+        }
     }
 
     /// Releases everything still held (an incomplete character, a partial
@@ -198,17 +161,73 @@ impl<'e> Generation<'e> {
     }
 }
 
+/// An in-progress generation of one sequence, run by a private
+/// [`Scheduler`] whose cache holds exactly this sequence; iterate it to get
+/// [`Step`]s. (A server shares one scheduler between all its sequences.)
+pub struct Generation<'e> {
+    sched: Scheduler<'e>,
+    id: SeqId,
+    out: Vec<Output>,
+    generated: usize,
+    done: bool,
+}
+
+impl std::fmt::Debug for Generation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("generated", &self.generated)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'e> Generation<'e> {
+    pub(crate) fn new(engine: &'e Engine, req: GenerateRequest) -> Result<Self> {
+        let positions = req.prompt.len() + req.max_tokens;
+        let mut sched = Scheduler::new(
+            engine,
+            SchedulerConfig {
+                max_num_seqs: 1,
+                max_num_batched_tokens: PREFILL_CHUNK,
+                kv_blocks: positions.div_ceil(BLOCK_SIZE).max(1),
+            },
+        )?;
+        let id = sched.add(req)?;
+        Ok(Generation {
+            sched,
+            id,
+            out: Vec::new(),
+            generated: 0,
+            done: false,
+        })
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+}
+
 impl Iterator for Generation<'_> {
     type Item = Result<Step>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done || self.req.max_tokens == 0 {
-            return None;
+        while !self.done {
+            if let Some(o) = self.out.pop() {
+                debug_assert_eq!(o.id, self.id);
+                match &o.event {
+                    Ok(step) => {
+                        self.generated += 1;
+                        self.done = step.finish.is_some();
+                    }
+                    Err(_) => self.done = true,
+                }
+                return Some(o.event);
+            }
+            if !self.sched.step(&|_| false, &mut self.out) {
+                self.done = true;
+            }
         }
-        let r = self.step();
-        if r.is_err() {
-            self.done = true;
-        }
-        Some(r)
+        None
     }
 }

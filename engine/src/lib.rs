@@ -24,9 +24,11 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 mod kquant;
+pub mod kv;
 mod linear;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod stop;
 pub mod tensor;
 pub mod testing;
@@ -39,9 +41,10 @@ pub use config::ModelConfig;
 pub use embed::EmbeddingModel;
 pub use error::{EngineError, Result};
 pub use generate::{FinishReason, GenerateRequest, Generation, Step};
-pub use model::{KvCache, Model, Workspace};
+pub use model::{BatchSeq, KvCache, Logits, Model, Workspace};
 pub use palisade_kernels::pool::ThreadPool;
 pub use sampling::{Sampled, SamplingParams};
+pub use scheduler::{Output, Scheduler, SchedulerConfig, SchedulerStats, SeqId};
 pub use tokenizer::Tokenizer;
 
 /// How to load an engine.

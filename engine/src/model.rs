@@ -1,16 +1,14 @@
 //! The Llama-family transformer (Llama, SmolLM, Mistral, Qwen2): loading
 //! from GGUF or a Hugging Face directory, and the forward pass.
 //!
-//! The forward pass takes a run of tokens of one sequence (the whole prompt
-//! at once, or one token while decoding), writes their keys and values into
-//! a preallocated f16 cache in place, and returns logits for the last token
-//! (or for every token when asked).
+//! The forward pass takes a batch: runs of tokens of several sequences
+//! (prompt chunks, or one token each while decoding), writes their keys and
+//! values into the paged f16 cache in place, and returns the logits each
+//! sequence asks for.
 
 use std::path::{Path, PathBuf};
 
-use half::f16;
-use half::vec::HalfBitsVecExt;
-use palisade_kernels::attention::{AttnShape, attention};
+use palisade_kernels::attention::{AttnShape, PagedKv, QueryRow, paged_attention};
 use palisade_kernels::matmul::Activations;
 use palisade_kernels::ops::{Rope, add_assign, rms_norm, silu_mul};
 use palisade_kernels::pool::ThreadPool;
@@ -19,6 +17,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::hf::SafetensorsDir;
+use crate::kv::{BLOCK_SIZE, BlockPool};
 use crate::linear::{Linear, matmul_group};
 use crate::tensor::{TensorRef, TensorSource};
 
@@ -216,8 +215,8 @@ impl Model {
     }
 
     /// Runs `tokens` at positions `start..start + tokens.len()` of the
-    /// sequence whose cache is `cache`. Returns the logits of the last token
-    /// (`vocab` values), or of every token when `all_logits`.
+    /// single sequence whose cache is `cache`. Returns the logits of the
+    /// last token (`vocab` values), or of every token when `all_logits`.
     pub fn forward<'w>(
         &self,
         pool: &ThreadPool,
@@ -227,40 +226,97 @@ impl Model {
         start: usize,
         all_logits: bool,
     ) -> Result<&'w [f32]> {
+        let capacity = cache.table.len() * BLOCK_SIZE;
+        if start + tokens.len() > capacity {
+            return Err(EngineError::ContextLength {
+                prompt: start + tokens.len(),
+                max_tokens: 0,
+                context: capacity,
+            });
+        }
+        let seq = BatchSeq {
+            tokens,
+            start,
+            blocks: &cache.table,
+            logits: if all_logits {
+                Logits::All
+            } else {
+                Logits::Last
+            },
+        };
+        let out = self.forward_batch(pool, ws, &mut cache.pool, &[seq])?;
+        cache.len = start + tokens.len();
+        Ok(out)
+    }
+
+    /// One step of a batch: runs each sequence's `tokens` at positions
+    /// `start..` against the paged cache `kv` (their keys and values are
+    /// written into the sequence's blocks, which must already be allocated
+    /// and writable), and returns the requested logits rows (`vocab` values
+    /// each) in batch order. Every row's result is the same as it would be
+    /// with the sequence alone in the batch.
+    pub fn forward_batch<'w>(
+        &self,
+        pool: &ThreadPool,
+        ws: &'w mut Workspace,
+        kv: &mut BlockPool,
+        seqs: &[BatchSeq<'_>],
+    ) -> Result<&'w [f32]> {
         let c = &self.config;
-        let n = tokens.len();
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         if n == 0 {
             return Err(EngineError::InvalidParameter {
                 field: "tokens",
                 message: "no tokens to evaluate".into(),
             });
         }
-        if start + n > cache.capacity {
-            return Err(EngineError::ContextLength {
-                prompt: start + n,
-                max_tokens: 0,
-                context: cache.capacity,
-            });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-            return Err(EngineError::InvalidParameter {
-                field: "tokens",
-                message: format!("token id {bad} is outside the vocabulary (0..{})", c.vocab),
-            });
-        }
         let (d, hd, nh, nkv) = (c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);
         ws.resize(c, n);
-        for (t, &tok) in tokens.iter().enumerate() {
-            self.embed
-                .row_f32(tok as usize, &mut ws.x[t * d..(t + 1) * d]);
-        }
+        ws.slots.clear();
+        ws.tables.clear();
+        ws.rows.clear();
+        ws.logit_rows.clear();
         let half = c.rope_dims / 2;
-        for t in 0..n {
-            let (cs, sn) = (
-                &mut ws.cos[t * half..(t + 1) * half],
-                &mut ws.sin[t * half..(t + 1) * half],
-            );
-            self.rope.angles(start + t, cs, sn);
+        let mut t = 0;
+        for s in seqs {
+            if s.tokens.is_empty()
+                || (s.start + s.tokens.len()).div_ceil(BLOCK_SIZE) > s.blocks.len()
+            {
+                return Err(EngineError::InvalidParameter {
+                    field: "tokens",
+                    message: "a batch entry has no tokens or too few blocks".into(),
+                });
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(EngineError::InvalidParameter {
+                    field: "tokens",
+                    message: format!("token id {bad} is outside the vocabulary (0..{})", c.vocab),
+                });
+            }
+            let table = ws.tables.len() as u32;
+            ws.tables.extend_from_slice(s.blocks);
+            for (i, &tok) in s.tokens.iter().enumerate() {
+                let pos = s.start + i;
+                self.embed
+                    .row_f32(tok as usize, &mut ws.x[t * d..(t + 1) * d]);
+                self.rope.angles(
+                    pos,
+                    &mut ws.cos[t * half..(t + 1) * half],
+                    &mut ws.sin[t * half..(t + 1) * half],
+                );
+                ws.slots.push(
+                    s.blocks[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32,
+                );
+                ws.rows.push(QueryRow {
+                    table,
+                    pos: pos as u32,
+                });
+                let last = i + 1 == s.tokens.len();
+                if s.logits == Logits::All || (s.logits == Logits::Last && last) {
+                    ws.logit_rows.push(t);
+                }
+                t += 1;
+            }
         }
         let shape = AttnShape {
             n_heads: nh,
@@ -297,9 +353,22 @@ impl Model {
                 self.rope
                     .apply(&mut ws.k[t * nkv * hd..(t + 1) * nkv * hd], hd, cs, sn);
             }
-            cache.write(li, start, &ws.k, &ws.v);
-            let (kc, vc) = cache.layer(li, start + n);
-            attention(pool, &shape, &ws.q, kc, vc, start, n, &mut ws.attn);
+            kv.write(li, &ws.slots, &ws.k, &ws.v);
+            let (kc, vc) = kv.layer(li);
+            let paged = PagedKv {
+                k: kc,
+                v: vc,
+                block_size: BLOCK_SIZE,
+            };
+            paged_attention(
+                pool,
+                &shape,
+                &ws.q,
+                paged,
+                &ws.tables,
+                &ws.rows,
+                &mut ws.attn,
+            );
             matmul_group(pool, &mut ws.acts, &ws.attn, n, &mut [(&l.wo, &mut ws.o)]);
             add_assign(&mut ws.x, &ws.o);
             rms_norm(&ws.x, &l.ffn_norm, c.rms_eps, &mut ws.h);
@@ -320,15 +389,19 @@ impl Model {
             );
             add_assign(&mut ws.x, &ws.o);
         }
-        cache.len = start + n;
-        let rows = if all_logits { n } else { 1 };
-        let first = n - rows;
-        rms_norm(
-            &ws.x[first * d..],
-            &self.norm,
-            c.rms_eps,
-            &mut ws.h[..rows * d],
-        );
+        let rows = ws.logit_rows.len();
+        if rows == 0 {
+            ws.logits.clear();
+            return Ok(&ws.logits);
+        }
+        for (i, &t) in ws.logit_rows.iter().enumerate() {
+            rms_norm(
+                &ws.x[t * d..(t + 1) * d],
+                &self.norm,
+                c.rms_eps,
+                &mut ws.h[i * d..(i + 1) * d],
+            );
+        }
         ws.logits.resize(rows * c.vocab, 0.0);
         let h = std::mem::take(&mut ws.h);
         matmul_group(
@@ -341,6 +414,31 @@ impl Model {
         ws.h = h;
         Ok(&ws.logits)
     }
+}
+
+/// Which logits a batch entry wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that does not reach the end of the prompt).
+    None,
+    /// The last token's.
+    Last,
+    /// Every token's.
+    All,
+}
+
+/// One sequence's share of a batch step.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSeq<'a> {
+    /// Tokens to evaluate.
+    pub tokens: &'a [u32],
+    /// Position of the first of them.
+    pub start: usize,
+    /// The sequence's block table, covering at least `start + tokens.len()`
+    /// positions.
+    pub blocks: &'a [u32],
+    /// Which logits to return.
+    pub logits: Logits,
 }
 
 /// Scratch buffers for the forward pass, reused across calls (no per-token
@@ -360,6 +458,10 @@ pub struct Workspace {
     sin: Vec<f32>,
     logits: Vec<f32>,
     acts: Activations,
+    slots: Vec<u32>,
+    tables: Vec<u32>,
+    rows: Vec<QueryRow>,
+    logit_rows: Vec<usize>,
 }
 
 impl Workspace {
@@ -379,60 +481,39 @@ impl Workspace {
     }
 }
 
-/// One sequence's key/value cache: `capacity` positions per layer, f16,
-/// allocated once and written in place.
+/// One sequence's cache for [`Model::forward`]: a private block pool just
+/// large enough for `capacity` positions, its blocks in order. (Serving
+/// shares one pool between sequences; see [`crate::scheduler`].)
 #[derive(Debug)]
 pub struct KvCache {
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
-    width: usize,
-    /// Positions this cache can hold.
-    pub capacity: usize,
+    pool: BlockPool,
+    table: Vec<u32>,
     /// Positions filled so far.
     pub len: usize,
 }
 
 impl KvCache {
-    /// A cache for `capacity` positions of `config`'s model. The memory is
-    /// reserved zeroed, so pages are only touched as positions fill.
+    /// A cache for `capacity` positions of `config`'s model.
     pub fn new(config: &ModelConfig, capacity: usize) -> Self {
-        let width = config.n_kv_heads * config.head_dim;
-        // Zeroed u16 allocations come from calloc: pages are mapped lazily,
-        // so a large capacity costs nothing until positions are written.
-        let mk = || {
-            (0..config.n_layers)
-                .map(|_| vec![0u16; capacity * width].reinterpret_into::<f16>())
-                .collect()
-        };
+        let blocks = capacity.div_ceil(BLOCK_SIZE).max(1);
+        let mut pool = BlockPool::new(config, blocks);
+        let table = (0..blocks)
+            .map(|_| pool.allocate().expect("a fresh pool has every block free"))
+            .collect();
         KvCache {
-            k: mk(),
-            v: mk(),
-            width,
-            capacity,
+            pool,
+            table,
             len: 0,
         }
+    }
+
+    /// Positions this cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.table.len() * BLOCK_SIZE
     }
 
     /// Forgets positions from `len` on (they will be overwritten).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-    }
-
-    fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        let w = self.width;
-        let n = k.len() / w;
-        for (dst, src) in self.k[layer][start * w..(start + n) * w].iter_mut().zip(k) {
-            *dst = f16::from_f32(*src);
-        }
-        for (dst, src) in self.v[layer][start * w..(start + n) * w].iter_mut().zip(v) {
-            *dst = f16::from_f32(*src);
-        }
-    }
-
-    fn layer(&self, layer: usize, len: usize) -> (&[f16], &[f16]) {
-        (
-            &self.k[layer][..len * self.width],
-            &self.v[layer][..len * self.width],
-        )
     }
 }

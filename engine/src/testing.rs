@@ -389,3 +389,27 @@ pub fn write_hf(dir: &Path, spec: &TinySpec) -> PathBuf {
         .expect("writing tokenizer_config.json");
     dir.to_path_buf()
 }
+
+/// The configuration of a [`TinySpec::default`] model, without writing
+/// one (for cache and scheduler bookkeeping tests).
+pub fn tiny_config() -> crate::config::ModelConfig {
+    let s = TinySpec::default();
+    crate::config::ModelConfig {
+        arch: crate::config::Arch::Llama,
+        n_layers: s.layers,
+        hidden: s.hidden,
+        n_heads: s.heads,
+        n_kv_heads: s.kv_heads,
+        head_dim: s.hidden / s.heads,
+        ffn: s.ffn,
+        vocab: tiny_vocab().0.len(),
+        rms_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_dims: s.hidden / s.heads,
+        rope_style: palisade_kernels::ops::RopeStyle::Interleaved,
+        rope_freq_scale: 1.0,
+        rope_freq_factors: None,
+        context_length: 256,
+        qkv_bias: false,
+    }
+}

@@ -179,3 +179,64 @@ fn teacher_forced_agreement_is_at_least_97_percent() {
     );
     assert!(rate >= 0.97, "agreement {:.2}% < 97%", rate * 100.0);
 }
+
+/// All 24 fixture prompts in one continuous batch (16 at a time, chunked
+/// prefill next to decodes, a shared-prefix pair and a forced preemption
+/// round): every sequence's greedy tokens equal its run alone, so batched
+/// output matches llama.cpp exactly as far as single runs do.
+#[test]
+fn batched_greedy_equals_each_alone_on_the_default_model() {
+    use palisade_engine::{Scheduler, SchedulerConfig};
+    let Some(p) = model_path() else { return };
+    let e = engine(p);
+    let f = fixture("greedy.json");
+    let reqs: Vec<GenerateRequest> = f["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, case)| GenerateRequest {
+            prompt: ids(&case["prompt_ids"]),
+            max_tokens: 8 + i % 9,
+            ignore_eos: true,
+            ..Default::default()
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| {
+            e.generate(r.clone())
+                .unwrap()
+                .map(|s| s.unwrap().sampled.token)
+                .collect()
+        })
+        .collect();
+    for kv_blocks in [512, 12] {
+        let mut s = Scheduler::new(
+            &e,
+            SchedulerConfig {
+                max_num_seqs: 16,
+                max_num_batched_tokens: 32,
+                kv_blocks,
+            },
+        )
+        .unwrap();
+        let ids: Vec<_> = reqs.iter().map(|r| s.add(r.clone()).unwrap()).collect();
+        let mut out = Vec::new();
+        while s.step(&|_| false, &mut out) {}
+        for (k, id) in ids.iter().enumerate() {
+            let got: Vec<u32> = out
+                .iter()
+                .filter(|o| o.id == *id)
+                .map(|o| o.event.as_ref().unwrap().sampled.token)
+                .collect();
+            assert_eq!(got, alone[k], "prompt {k} with {kv_blocks} KV blocks");
+        }
+        if kv_blocks == 12 {
+            assert!(
+                s.stats().preempted > 0,
+                "12 blocks did not force preemption"
+            );
+        }
+    }
+}

@@ -91,6 +91,9 @@ pub struct ModelSection {
     /// Most prompt + completion tokens per sequence (default: the model's
     /// context length).
     pub max_model_len: Option<usize>,
+    /// Bytes of the paged KV cache, allocated once (default: an eighth of
+    /// the machine's memory, at most 1 GiB).
+    pub kv_cache_bytes: Option<u64>,
 }
 
 /// `[limits]`.
@@ -108,6 +111,10 @@ pub struct LimitsSection {
     /// How long a request may wait for a slot before it gets 429 (0: no
     /// waiting).
     pub queue_timeout_ms: u64,
+    /// Most sequences in one engine batch; more wait in the engine's queue.
+    pub max_num_seqs: usize,
+    /// Most tokens in one engine batch (decode tokens plus prompt chunks).
+    pub max_num_batched_tokens: usize,
 }
 
 impl Default for LimitsSection {
@@ -118,6 +125,8 @@ impl Default for LimitsSection {
             max_n: 8,
             max_concurrent_requests: 16,
             queue_timeout_ms: 10_000,
+            max_num_seqs: 16,
+            max_num_batched_tokens: 512,
         }
     }
 }
@@ -204,6 +213,11 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
         "most prompt + completion tokens per sequence",
     ),
     (
+        "model.kv_cache_bytes",
+        "1/8 of memory, at most 1 GiB",
+        "bytes of the paged KV cache (16-token blocks, allocated once, shared by all sequences)",
+    ),
+    (
         "limits.max_body_bytes",
         "2097152",
         "largest request body (413 beyond)",
@@ -223,6 +237,16 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
         "limits.queue_timeout_ms",
         "10000",
         "how long a request may wait for a slot before 429 (0: no waiting)",
+    ),
+    (
+        "limits.max_num_seqs",
+        "16",
+        "most sequences in one engine batch; more wait in the engine's queue",
+    ),
+    (
+        "limits.max_num_batched_tokens",
+        "512",
+        "most tokens in one engine batch (decode tokens plus prompt chunks)",
     ),
     (
         "tls.cert",
@@ -285,6 +309,9 @@ pub struct ServeFlags {
     /// model.max_model_len
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// model.kv_cache_bytes
+    #[arg(long)]
+    pub kv_cache_bytes: Option<u64>,
     /// limits.max_body_bytes
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
@@ -300,6 +327,12 @@ pub struct ServeFlags {
     /// limits.queue_timeout_ms
     #[arg(long)]
     pub queue_timeout_ms: Option<u64>,
+    /// limits.max_num_seqs
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// limits.max_num_batched_tokens
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
     /// tls.cert
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -359,11 +392,14 @@ impl ServeConfig {
         cfg.model.no_embeddings |= f.no_embeddings;
         set!(f.threads => cfg.model.threads);
         set!(f.max_model_len => opt cfg.model.max_model_len);
+        set!(f.kv_cache_bytes => opt cfg.model.kv_cache_bytes);
         set!(f.max_body_bytes => cfg.limits.max_body_bytes);
         set!(f.max_tokens => cfg.limits.max_tokens);
         set!(f.max_n => cfg.limits.max_n);
         set!(f.max_concurrent_requests => cfg.limits.max_concurrent_requests);
         set!(f.queue_timeout_ms => cfg.limits.queue_timeout_ms);
+        set!(f.max_num_seqs => cfg.limits.max_num_seqs);
+        set!(f.max_num_batched_tokens => cfg.limits.max_num_batched_tokens);
         set!(f.tls_cert => opt cfg.tls.cert);
         set!(f.tls_key => opt cfg.tls.key);
         set!(f.tls_client_ca => opt cfg.tls.client_ca);
@@ -391,6 +427,24 @@ impl ServeConfig {
                 "must be at least 1".into(),
             );
         }
+        if self.limits.max_num_seqs == 0 || self.limits.max_num_seqs > 1024 {
+            return bad(
+                "limits.max_num_seqs",
+                format!("must be 1 to 1024, got {}", self.limits.max_num_seqs),
+            );
+        }
+        if self.limits.max_num_batched_tokens < 16 {
+            return bad(
+                "limits.max_num_batched_tokens",
+                format!(
+                    "must be at least 16, got {}",
+                    self.limits.max_num_batched_tokens
+                ),
+            );
+        }
+        if self.model.kv_cache_bytes.is_some_and(|b| b < 1 << 20) {
+            return bad("model.kv_cache_bytes", "must be at least 1 MiB".into());
+        }
         if self.limits.max_tokens == 0 {
             return bad("limits.max_tokens", "must be at least 1".into());
         }
@@ -410,6 +464,14 @@ impl ServeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The KV cache size: `model.kv_cache_bytes`, or an eighth of the
+    /// machine's memory capped at 1 GiB (256 MiB when memory is unknown).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.model
+            .kv_cache_bytes
+            .unwrap_or_else(|| total_memory().map_or(256 << 20, |m| (m / 8).min(1 << 30)))
     }
 
     /// `server.header_read_timeout_secs` as a duration.
@@ -522,4 +584,12 @@ mod tests {
                 .contains("both")
         );
     }
+}
+
+/// Total memory from `/proc/meminfo` (Linux), in bytes.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -98,7 +98,7 @@ impl Metrics {
     }
 
     /// The Prometheus text.
-    pub fn render(&self, sched: Option<&SchedulerStats>, kv_capacity_positions: usize) -> String {
+    pub fn render(&self, sched: Option<&SchedulerStats>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -146,51 +146,92 @@ impl Metrics {
             "Time between output tokens.",
             &mut out,
         );
-        let (waiting, running, cancelled, kv) = sched
-            .map(|s| {
-                (
-                    s.waiting.load(Ordering::Relaxed),
-                    s.running.load(Ordering::Relaxed),
-                    s.cancelled.load(Ordering::Relaxed),
-                    s.kv_positions.load(Ordering::Relaxed),
-                )
-            })
-            .unwrap_or_default();
-        let queued = self.queued_requests.load(Ordering::Relaxed) as usize + waiting;
+        let load = |f: fn(&SchedulerStats) -> u64| sched.map(f).unwrap_or(0);
+        let waiting =
+            load(|s| (s.queued.load(Ordering::Relaxed) + s.waiting.load(Ordering::Relaxed)) as u64);
+        let queued = self.queued_requests.load(Ordering::Relaxed) + waiting;
         gauge(
             &mut out,
             "palisade_queue_depth",
-            "Requests and sequences waiting to start.",
+            "Requests waiting for a slot plus sequences waiting for the batch.",
             queued as f64,
         );
         gauge(
             &mut out,
+            "palisade_waiting_sequences",
+            "Sequences waiting for the batch (new or preempted).",
+            waiting as f64,
+        );
+        gauge(
+            &mut out,
             "palisade_running_sequences",
-            "Sequences generating.",
-            running as f64,
+            "Sequences in the batch.",
+            load(|s| s.running.load(Ordering::Relaxed) as u64) as f64,
         );
         counter(
             &mut out,
             "palisade_cancelled_sequences_total",
-            "Sequences stopped because the client went away.",
-            cancelled as u64,
+            "Sequences stopped because the client went away or a filter aborted.",
+            load(|s| s.cancelled.load(Ordering::Relaxed)),
+        );
+        counter(
+            &mut out,
+            "palisade_preempted_sequences_total",
+            "Preemptions: a sequence's KV blocks freed for others, recomputed later.",
+            load(|s| s.preempted.load(Ordering::Relaxed)),
+        );
+        counter(
+            &mut out,
+            "palisade_batch_steps_total",
+            "Engine batches run.",
+            load(|s| s.steps.load(Ordering::Relaxed)),
+        );
+        let used = load(|s| s.kv_blocks_used.load(Ordering::Relaxed) as u64);
+        let free = load(|s| s.kv_blocks_free.load(Ordering::Relaxed) as u64);
+        gauge(
+            &mut out,
+            "palisade_kv_cache_blocks_used",
+            "KV cache blocks held by sequences.",
+            used as f64,
         );
         gauge(
             &mut out,
-            "palisade_kv_cache_positions",
-            "KV cache positions reserved by running sequences.",
-            kv as f64,
+            "palisade_kv_cache_blocks_free",
+            "KV cache blocks free (cached prefixes included: they can be evicted).",
+            free as f64,
         );
-        let usage = if kv_capacity_positions > 0 {
-            kv as f64 / kv_capacity_positions as f64
-        } else {
-            0.0
-        };
+        let total = used + free;
         gauge(
             &mut out,
             "palisade_kv_cache_usage_ratio",
-            "Reserved KV positions over the configured capacity.",
-            usage,
+            "KV cache blocks held over all blocks.",
+            if total > 0 {
+                used as f64 / total as f64
+            } else {
+                0.0
+            },
+        );
+        let (q, h) = (
+            load(|s| s.prefix_queries.load(Ordering::Relaxed)),
+            load(|s| s.prefix_hits.load(Ordering::Relaxed)),
+        );
+        counter(
+            &mut out,
+            "palisade_prefix_cache_queries_total",
+            "Full prompt blocks looked up in the prefix cache.",
+            q,
+        );
+        counter(
+            &mut out,
+            "palisade_prefix_cache_hits_total",
+            "Full prompt blocks found in the prefix cache.",
+            h,
+        );
+        gauge(
+            &mut out,
+            "palisade_prefix_cache_hit_rate",
+            "Prefix cache hits over lookups so far.",
+            if q > 0 { h as f64 / q as f64 } else { 0.0 },
         );
         out
     }

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use palisade_engine::embed::EmbeddingModel;
-use palisade_engine::{Engine, EngineOptions};
+use palisade_engine::kv::BlockPool;
+use palisade_engine::{Engine, EngineOptions, SchedulerConfig};
 
 use crate::HostError;
 use crate::config::ServeConfig;
@@ -95,7 +96,22 @@ pub fn load_models(cfg: &ServeConfig) -> Result<Loaded, HostError> {
         }
     };
     let queue = cfg.limits.max_concurrent_requests * cfg.limits.max_n * 4;
-    let handle = EngineHandle::start(engine.clone(), queue);
+    let kv_bytes = cfg.kv_cache_bytes();
+    let block = BlockPool::bytes_per_block(&engine.model().config) as u64;
+    let sched = SchedulerConfig {
+        max_num_seqs: cfg.limits.max_num_seqs,
+        max_num_batched_tokens: cfg.limits.max_num_batched_tokens,
+        kv_blocks: (kv_bytes / block).max(1) as usize,
+    };
+    tracing::info!(
+        kv_cache_bytes = kv_bytes,
+        kv_blocks = sched.kv_blocks,
+        kv_positions = sched.kv_blocks * palisade_engine::kv::BLOCK_SIZE,
+        max_num_seqs = sched.max_num_seqs,
+        max_num_batched_tokens = sched.max_num_batched_tokens,
+        "KV cache allocated"
+    );
+    let handle = EngineHandle::start(engine.clone(), sched, queue)?;
     Ok(Loaded {
         engine,
         handle,

@@ -1,9 +1,14 @@
-//! Causal self-attention over an `f16` KV cache, with grouped-query heads
+//! Causal self-attention over a paged `f16` KV cache, for a batch of
+//! query rows from sequences of different lengths, with grouped-query heads
 //! read in place (no K/V copies per query head).
 //!
-//! The cache of one layer is laid out `[position][kv_head][head_dim]`. Each
-//! (query token, head) pair is an independent task: scores against every
-//! visible position, a softmax, then a weighted sum of the values.
+//! The cache of one layer is a pool of fixed-size blocks laid out
+//! `[block][position in block][kv_head][head_dim]`; a sequence's block
+//! table lists its blocks in order, so position `p` lives in block
+//! `table[p / block_size]` at offset `p % block_size`. Each (query row,
+//! head) pair is an independent task: scores against every visible
+//! position, a softmax, then a weighted sum of the values. A row's result
+//! does not depend on which other rows share the batch.
 
 use std::cell::RefCell;
 
@@ -25,41 +30,81 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// One layer's paged cache.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedKv<'a> {
+    /// Keys: `blocks x block_size x n_kv_heads x head_dim`.
+    pub k: &'a [f16],
+    /// Values, laid out like `k`.
+    pub v: &'a [f16],
+    /// Positions per block.
+    pub block_size: usize,
+}
+
+/// One query row of a batch: the row attends to positions `0..=pos` of the
+/// sequence whose block table starts at `tables[table]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryRow {
+    /// Offset of the sequence's block table in the flat `tables` slice.
+    pub table: u32,
+    /// The row's position in its sequence.
+    pub pos: u32,
+}
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Attention for `n_tok` query tokens at positions `start..start + n_tok`.
+/// Attention for a batch of query rows.
 ///
-/// `q` holds `n_tok x n_heads x head_dim` values (already rotated); `k` and
-/// `v` hold the layer's cache, at least `start + n_tok` positions; `out`
-/// receives `n_tok x n_heads x head_dim` values.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
+/// `q` holds `rows.len() x n_heads x head_dim` values (already rotated);
+/// `tables` holds the block tables of the batch's sequences back to back
+/// (each row names the offset of its own); `out` receives
+/// `rows.len() x n_heads x head_dim` values. Every block a row reads must
+/// already hold that row's keys and values.
+pub fn paged_attention(
     pool: &ThreadPool,
     s: &AttnShape,
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    start: usize,
-    n_tok: usize,
+    kv: PagedKv<'_>,
+    tables: &[u32],
+    rows: &[QueryRow],
     out: &mut [f32],
 ) {
     let (nh, nkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
+    let n_tok = rows.len();
     assert_eq!(q.len(), n_tok * nh * hd);
     assert_eq!(out.len(), q.len());
-    assert!(k.len() >= (start + n_tok) * nkv * hd && v.len() >= (start + n_tok) * nkv * hd);
-    assert!(nh % nkv == 0);
+    assert!(nh % nkv == 0 && hd <= 256 && kv.block_size > 0);
+    assert_eq!(kv.k.len(), kv.v.len());
+    let width = nkv * hd;
+    let bs = kv.block_size;
+    let blocks_in_pool = kv.k.len() / (bs * width);
+    for r in rows {
+        let last = r.table as usize + r.pos as usize / bs;
+        assert!(
+            last < tables.len(),
+            "block table too short for position {}",
+            r.pos
+        );
+    }
+    assert!(
+        tables.iter().all(|&b| (b as usize) < blocks_in_pool),
+        "block id outside the pool"
+    );
     let group = nh / nkv;
     let isa = isa();
     let outp = SyncPtr(out.as_mut_ptr());
     pool.run(n_tok * nh, &|task| {
         let (t, h) = (task / nh, task % nh);
         let g = h / group;
-        let len = start + t + 1;
+        let row = rows[t];
+        let table = &tables[row.table as usize..];
+        let len = row.pos as usize + 1;
+        let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * width + g * hd;
         // Round the query through f16 as llama.cpp does before its K dot.
         let mut qh = [0f32; 256];
-        let qh = &mut qh[..hd.min(256)];
+        let qh = &mut qh[..hd];
         for (d, x) in qh.iter_mut().zip(&q[(t * nh + h) * hd..]) {
             *d = f16::from_f32(*x).to_f32();
         }
@@ -70,14 +115,14 @@ pub fn attention(
             sc.clear();
             sc.resize(len, 0.0);
             for (j, sj) in sc.iter_mut().enumerate() {
-                let kj = &k[(j * nkv + g) * hd..(j * nkv + g + 1) * hd];
-                *sj = dot_f16(isa, kj, qh) * s.scale;
+                let i = at(j);
+                *sj = dot_f16(isa, &kv.k[i..i + hd], qh) * s.scale;
             }
             crate::ops::softmax(sc);
             for (j, &p) in sc.iter().enumerate() {
-                let vj = &v[(j * nkv + g) * hd..(j * nkv + g + 1) * hd];
+                let i = at(j);
                 // llama.cpp multiplies V by the probabilities rounded to f16.
-                axpy_f16(isa, o, f16::from_f32(p).to_f32(), vj);
+                axpy_f16(isa, o, f16::from_f32(p).to_f32(), &kv.v[i..i + hd]);
             }
         });
     });
@@ -154,8 +199,10 @@ mod tests {
 
     /// Tolerance 2e-3 absolute: the query and the probabilities are rounded
     /// to f16 (relative 5e-4) as llama.cpp does; everything else is f32.
+    /// Three sequences of different lengths share one batch; their blocks
+    /// are scattered through the pool in shuffled order.
     #[test]
-    fn attention_matches_reference_with_gqa() {
+    fn paged_attention_matches_reference_with_gqa() {
         let mut rng = StdRng::seed_from_u64(3);
         let s = AttnShape {
             n_heads: 6,
@@ -163,27 +210,69 @@ mod tests {
             head_dim: 64,
             scale: 0.125,
         };
+        let (bs, width) = (4, 2 * 64);
         let pool = ThreadPool::new(2);
-        for (start, n_tok) in [(0, 1), (0, 7), (5, 1), (9, 3)] {
+        // (cached positions before the batch, query rows in the batch)
+        let seqs = [(0usize, 7usize), (5, 1), (9, 3), (0, 1)];
+        let n_blocks: usize = seqs
+            .iter()
+            .map(|&(s, n)| (s + n).div_ceil(bs))
+            .sum::<usize>()
+            + 3;
+        let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.random_range(0..=i));
+        }
+        let mut k = vec![f16::ZERO; n_blocks * bs * width];
+        let mut v = k.clone();
+        let (mut tables, mut rows, mut q, mut expect) = (vec![], vec![], vec![], vec![]);
+        let mut next = ids.into_iter();
+        for &(start, n_tok) in &seqs {
             let total = start + n_tok;
-            let q: Vec<f32> = (0..n_tok * 6 * 64)
+            let table: Vec<u32> = (0..total.div_ceil(bs))
+                .map(|_| next.next().unwrap())
+                .collect();
+            let rnd = |rng: &mut StdRng| -> Vec<f16> {
+                (0..total * width)
+                    .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                    .collect()
+            };
+            let (kc, vc) = (rnd(&mut rng), rnd(&mut rng));
+            for p in 0..total {
+                let at = (table[p / bs] as usize * bs + p % bs) * width;
+                k[at..at + width].copy_from_slice(&kc[p * width..(p + 1) * width]);
+                v[at..at + width].copy_from_slice(&vc[p * width..(p + 1) * width]);
+            }
+            let qs: Vec<f32> = (0..n_tok * 6 * 64)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
-            let k: Vec<f16> = (0..total * 2 * 64)
-                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
-                .collect();
-            let v: Vec<f16> = (0..total * 2 * 64)
-                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
-                .collect();
-            let mut out = vec![0f32; q.len()];
-            attention(&pool, &s, &q, &k, &v, start, n_tok, &mut out);
-            let r = attention_reference(&s, &q, &k, &v, start, n_tok);
-            for (a, b) in out.iter().zip(&r) {
-                assert!(
-                    (a - b).abs() < 2e-3,
-                    "{a} vs {b} at start={start} n={n_tok}"
-                );
+            expect.extend(attention_reference(&s, &qs, &kc, &vc, start, n_tok));
+            for t in 0..n_tok {
+                rows.push(QueryRow {
+                    table: tables.len() as u32,
+                    pos: (start + t) as u32,
+                });
             }
+            tables.extend(table);
+            q.extend(qs);
+        }
+        let mut out = vec![0f32; q.len()];
+        let kv = PagedKv {
+            k: &k,
+            v: &v,
+            block_size: bs,
+        };
+        paged_attention(&pool, &s, &q, kv, &tables, &rows, &mut out);
+        for (i, (a, b)) in out.iter().zip(&expect).enumerate() {
+            assert!((a - b).abs() < 2e-3, "{a} vs {b} at {i}");
+        }
+        // A row's result does not depend on its batch: each row alone.
+        let row_len = 6 * 64;
+        for (t, r) in rows.iter().enumerate() {
+            let mut one = vec![0f32; row_len];
+            let qr = &q[t * row_len..(t + 1) * row_len];
+            paged_attention(&pool, &s, qr, kv, &tables, &[*r], &mut one);
+            assert_eq!(one, out[t * row_len..(t + 1) * row_len], "row {t}");
         }
     }
 }

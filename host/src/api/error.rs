@@ -226,10 +226,12 @@ impl From<EngineError> for ApiError {
                 message: format!("invalid `{field}`: {message}"),
                 param: Some(field.to_string()),
             },
-            EngineError::ContextLength { .. } => ApiError::BadRequest {
-                message: e.to_string(),
-                param: Some("messages".into()),
-            },
+            EngineError::ContextLength { .. } | EngineError::KvCacheTooSmall { .. } => {
+                ApiError::BadRequest {
+                    message: e.to_string(),
+                    param: Some("messages".into()),
+                }
+            }
             EngineError::Template(m) => ApiError::BadRequest {
                 message: format!("the chat template refused the messages: {m}"),
                 param: Some("messages".into()),

@@ -161,9 +161,11 @@ async fn run(
     let started = async {
         let chain = scope.pipeline.output_chain(&scope.rule)?;
         let permit = state.acquire_slot().await?;
-        let rxs = (0..valid.choices())
-            .map(|i| l.handle.submit(valid.engine_request(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rxs = l.handle.submit(
+            (0..valid.choices())
+                .map(|i| valid.engine_request(i))
+                .collect(),
+        )?;
         Ok::<_, ApiError>((chain, permit, rxs))
     }
     .await;

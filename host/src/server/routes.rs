@@ -219,11 +219,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> ApiResult {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult {
     let loaded = state.loaded().ok();
-    let capacity = state.config.limits.max_concurrent_requests
-        * loaded.map(|l| l.engine.max_context()).unwrap_or(0);
-    let mut text = state
-        .metrics
-        .render(loaded.map(|l| &*l.handle.stats), capacity);
+    let mut text = state.metrics.render(loaded.map(|l| &*l.handle.stats));
     state.pipeline.load().render_metrics(&mut text);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
