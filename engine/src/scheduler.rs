@@ -168,20 +168,12 @@ impl<'e> Scheduler<'e> {
         Ok(self.add_group(vec![req])?[0])
     }
 
-    /// Queues several choices of one prompt (`n > 1`; their sampling may
-    /// differ): the prompt is computed once, then each choice continues on
-    /// the shared blocks, copying only the partial last block when it
-    /// first writes to it. All or nothing.
+    /// Queues the choices of one request (`n > 1`, or one per prompt; their
+    /// sampling may differ). Choices with the same prompt compute it once,
+    /// then each continues on the shared blocks, copying only the partial
+    /// last block when it first writes to it. Ids come back in the order of
+    /// `reqs`. All or nothing.
     pub fn add_group(&mut self, reqs: Vec<GenerateRequest>) -> Result<Vec<SeqId>> {
-        let Some(first) = reqs.first() else {
-            return Ok(Vec::new());
-        };
-        if reqs.iter().any(|r| r.prompt != first.prompt) {
-            return Err(EngineError::InvalidParameter {
-                field: "prompt",
-                message: "the choices of a group must share one prompt".into(),
-            });
-        }
         let mut decoders = Vec::with_capacity(reqs.len());
         for req in &reqs {
             decoders.push(Decoder::new(self.engine, req)?);
@@ -197,23 +189,22 @@ impl<'e> Scheduler<'e> {
         }
         let ids: Vec<SeqId> = (0..reqs.len() as u64).map(|i| self.next_id + i).collect();
         self.next_id += reqs.len() as u64;
-        let mut decoders = decoders.into_iter();
-        let decoder = decoders.next().expect("one request at least");
-        let forks = ids[1..].iter().copied().zip(decoders).collect();
-        let prompt = reqs
-            .into_iter()
-            .next()
-            .expect("one request at least")
-            .prompt;
-        self.waiting.push_back(Seq {
-            id: ids[0],
-            tokens: prompt,
-            computed: 0,
-            blocks: Vec::new(),
-            hashes: Vec::new(),
-            decoder,
-            forks,
-        });
+        let mut heads: Vec<Seq> = Vec::new();
+        for ((id, req), decoder) in ids.iter().zip(reqs).zip(decoders) {
+            match heads.iter_mut().find(|h| h.tokens == req.prompt) {
+                Some(h) => h.forks.push((*id, decoder)),
+                None => heads.push(Seq {
+                    id: *id,
+                    tokens: req.prompt,
+                    computed: 0,
+                    blocks: Vec::new(),
+                    hashes: Vec::new(),
+                    decoder,
+                    forks: Vec::new(),
+                }),
+            }
+        }
+        self.waiting.extend(heads);
         Ok(ids)
     }
 

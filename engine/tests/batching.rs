@@ -332,3 +332,28 @@ fn choices_of_one_prompt_share_its_blocks_and_equal_separate_runs() {
         assert_eq!(n, want, "choice {k}");
     }
 }
+
+#[test]
+fn a_group_of_different_prompts_runs_each_and_keeps_the_order_of_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let mut reqs = requests(3, 0, 6);
+    reqs.push(reqs[0].clone());
+    let mut s = Scheduler::new(&e, SchedulerConfig::default()).unwrap();
+    let ids = s.add_group(reqs.clone()).unwrap();
+    assert_eq!(
+        s.stats().waiting,
+        3,
+        "the repeated prompt forks from the first"
+    );
+    let mut out = Vec::new();
+    while s.step(&|_| false, &mut out) {}
+    for (id, r) in ids.iter().zip(&reqs) {
+        let got: Vec<u32> = out
+            .iter()
+            .filter(|o| o.id == *id)
+            .map(|o| o.event.as_ref().unwrap().sampled.token)
+            .collect();
+        assert_eq!(got, alone(&e, r), "seq {id}");
+    }
+}
