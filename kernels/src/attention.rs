@@ -101,7 +101,13 @@ pub fn paged_attention(
         let row = rows[t];
         let table = &tables[row.table as usize..];
         let len = row.pos as usize + 1;
-        let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * width + g * hd;
+        // Visible positions block by block: `(first index, count)` runs
+        // that are contiguous in the pool.
+        let runs = table
+            .iter()
+            .take(len.div_ceil(bs))
+            .enumerate()
+            .map(|(i, &b)| (b as usize * bs * width + g * hd, bs.min(len - i * bs)));
         // Round the query through f16 as llama.cpp does before its K dot.
         let mut qh = [0f32; 256];
         let qh = &mut qh[..hd];
@@ -113,16 +119,22 @@ pub fn paged_attention(
         o.fill(0.0);
         SCORES.with_borrow_mut(|sc| {
             sc.clear();
-            sc.resize(len, 0.0);
-            for (j, sj) in sc.iter_mut().enumerate() {
-                let i = at(j);
-                *sj = dot_f16(isa, &kv.k[i..i + hd], qh) * s.scale;
+            for (base, n) in runs.clone() {
+                for p in 0..n {
+                    let i = base + p * width;
+                    sc.push(dot_f16(isa, &kv.k[i..i + hd], qh) * s.scale);
+                }
             }
             crate::ops::softmax(sc);
-            for (j, &p) in sc.iter().enumerate() {
-                let i = at(j);
-                // llama.cpp multiplies V by the probabilities rounded to f16.
-                axpy_f16(isa, o, f16::from_f32(p).to_f32(), &kv.v[i..i + hd]);
+            let mut j = 0;
+            for (base, n) in runs {
+                for p in 0..n {
+                    let i = base + p * width;
+                    // llama.cpp multiplies V by the probabilities rounded
+                    // to f16.
+                    axpy_f16(isa, o, f16::from_f32(sc[j]).to_f32(), &kv.v[i..i + hd]);
+                    j += 1;
+                }
             }
         });
     });
