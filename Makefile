@@ -14,7 +14,7 @@ export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve bench-policy bench-plugins
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve bench-policy bench-plugins bench-batch
 
 serve: model embedding-model plugins
 	$(CARGO) build --release
@@ -91,6 +91,14 @@ fixtures: model $(BENCH_VENV)/.installed
 # comparison with the engine alone.
 bench-serve: model
 	scripts/bench_serve.sh $(ARGS)
+
+# Batched serving: palisade serve against llama.cpp's own llama-server (built
+# from the llama-cpp-python==0.3.36 sdist into ~/.cache/palisade/llama.cpp/,
+# about 10 minutes the first time), alternating, at concurrency 1 and 16.
+# Extra palisade flags: PALISADE_SERVE_ARGS="--max-num-seqs 16"; more knobs
+# in scripts/bench_batch.sh.
+bench-batch: model
+	MODEL=$(MODEL) scripts/bench_batch.sh
 
 bench-policy: model plugins
 	$(CARGO) build --release

@@ -106,6 +106,7 @@ class Result:
     usage_tokens: bool = False  # output_tokens came from `usage`
     prompt_tokens: int = 0
     done: bool = False  # saw `data: [DONE]`
+    retried: bool = False  # resent once after a stale keep-alive connection
 
 
 def content_of(obj: dict, chat: bool) -> str:
@@ -123,13 +124,26 @@ def content_of(obj: dict, chat: bool) -> str:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict, chat: bool, timeout: float) -> Result:
-    r = Result()
-    try:
-        await asyncio.wait_for(_stream(client, url, body, chat, r), timeout)
-    except asyncio.TimeoutError:
-        r.ok, r.error = False, f"timeout after {timeout:.0f}s"
-    except httpx.HTTPError as e:
-        r.ok, r.error = False, f"{type(e).__name__}: {e}"
+    # A server may close a keep-alive connection right after a streamed
+    # response (llama.cpp's llama-server does after every one, although it
+    # sends `Keep-Alive`); a closed-loop client that sends its next request
+    # at once can then write it to the pooled connection before the close
+    # arrives, and gets no response at all. As HTTP clients do, such a
+    # request (no status received) is sent once more, on a fresh connection;
+    # it is counted (`retried_stale_connection`) and timed from the resend.
+    for attempt in range(2):
+        r = Result(retried=attempt > 0)
+        try:
+            await asyncio.wait_for(_stream(client, url, body, chat, r), timeout)
+        except asyncio.TimeoutError:
+            r.ok, r.error = False, f"timeout after {timeout:.0f}s"
+        except httpx.RemoteProtocolError as e:
+            r.ok, r.error = False, f"{type(e).__name__}: {e}"
+            if attempt == 0 and r.status == 0:
+                continue
+        except httpx.HTTPError as e:
+            r.ok, r.error = False, f"{type(e).__name__}: {e}"
+        return r
     return r
 
 
@@ -260,6 +274,7 @@ async def run_level(client, args, url, prompts, conc: int, n: int) -> dict:
         "usage_reported": bool(ok) and all(r.usage_tokens for r in ok),
         "mean_chunks": sum(r.chunks for r in ok) / len(ok) if ok else math.nan,
         "missing_done": sum(1 for r in ok if not r.done),
+        "retried_stale_connection": sum(1 for r in results if r.retried),
         "ttft_ms_p50": ms(pct(ttft, 50)),
         "ttft_ms_p99": ms(pct(ttft, 99)),
         "tpot_ms_p50": ms(pct(tpot, 50)),
@@ -307,6 +322,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     if any(r["completed"] and not r["usage_reported"] for r in rows):
         notes.append("* no usage block from the server: output tokens counted as content chunks")
     for r in rows:
+        if r["retried_stale_connection"]:
+            notes.append(
+                f"concurrency {r['concurrency']}: {r['retried_stale_connection']} requests resent after the server "
+                "closed the keep-alive connection they were sent on"
+            )
         if r["missing_done"]:
             notes.append(f"concurrency {r['concurrency']}: {r['missing_done']} streams ended without `data: [DONE]`")
         for e in r["error_samples"]:
