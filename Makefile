@@ -70,16 +70,18 @@ test-e2e: venv
 	$(CARGO) build --bin palisade
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
-# Benchmarks (not part of the test suite): ours against llama.cpp, built
-# from source by pip into a separate venv (about 10 minutes the first time).
+# Benchmarks (not part of the test suite): ours against llama.cpp's own
+# llama-bench, built from the llama-cpp-python==0.3.36 sdist's sources into
+# ~/.cache/palisade/llama.cpp/ (about 10 minutes the first time). The
+# fixtures are made with llama-cpp-python itself, in a separate venv.
 $(BENCH_VENV)/.installed:
 	$(PYTHON) -m venv $(BENCH_VENV)
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --disable-pip-version-check llama-cpp-python==0.3.36 numpy jinja2
 	touch $@
 
-bench: model $(BENCH_VENV)/.installed
+bench: model
 	$(CARGO) build --release
-	./target/release/palisade bench --llama-cpp-python $(BENCH_VENV)/bin/python
+	./target/release/palisade bench --llama-bench "$$(dirname "$$(scripts/build_llama_server.sh)")/llama-bench"
 
 # Regenerates tests/fixtures from llama.cpp (commit the result).
 fixtures: model $(BENCH_VENV)/.installed

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own `llama-server` from the vendor/llama.cpp sources of
-# the llama-cpp-python sdist on PyPI (the same version `make bench` installs),
-# for scripts/bench_batch.sh. Prints the binary's path on stdout (progress
-# goes to stderr). A second run with the binary in place does nothing.
+# Builds llama.cpp's own `llama-server` and `llama-bench` from the
+# vendor/llama.cpp sources of the llama-cpp-python sdist on PyPI (the version
+# `make fixtures` uses), for scripts/bench_batch.sh and `make bench`. Prints
+# llama-server's path on stdout (llama-bench sits beside it; progress goes to
+# stderr). A second run with both binaries in place does nothing.
 #
 # Cache (outside the repo): ${PALISADE_CACHE_DIR:-$HOME/.cache/palisade}/llama.cpp/<version>/
 #   llama_cpp_python-<version>.tar.gz   the sdist, sha256-verified
 #   src/                                 the extracted sdist
 #   build/                               the cmake build tree
-#   bin/llama-server                     the installed binary (static ggml/llama)
+#   bin/llama-server, bin/llama-bench    the installed binaries (static ggml/llama)
 #
 # Environment: PYTHON (python3, for `pip download`), LLAMA_CPP_JOBS (2).
 # The build runs under `nice -n 10`: it takes about 10 minutes on 2 cores.
@@ -22,10 +23,11 @@ JOBS=${LLAMA_CPP_JOBS:-2}
 CACHE="${PALISADE_CACHE_DIR:-$HOME/.cache/palisade}"
 DEST="$CACHE/llama.cpp/$VERSION"
 BIN="$DEST/bin/llama-server"
+BENCH_BIN="$DEST/bin/llama-bench"
 SDIST="$DEST/llama_cpp_python-$VERSION.tar.gz"
 
-if [[ -x $BIN ]]; then
-    echo "build_llama_server: llama-server $VERSION already built" >&2
+if [[ -x $BIN && -x $BENCH_BIN ]]; then
+    echo "build_llama_server: llama-server and llama-bench $VERSION already built" >&2
     echo "$BIN"
     exit 0
 fi
@@ -36,7 +38,7 @@ mkdir -p "$DEST"
 # waits, then finds the binary.
 exec 9>"$DEST/.lock"
 flock 9
-if [[ -x $BIN ]]; then
+if [[ -x $BIN && -x $BENCH_BIN ]]; then
     echo "$BIN"
     exit 0
 fi
@@ -79,14 +81,14 @@ if [[ ! -f $SRC/CMakeLists.txt ]]; then
     mv "$DEST/src.tmp" "$DEST/src"
 fi
 
-# Only the llama-server target. No web UI (LLAMA_USE_PREBUILT_UI would fetch
+# Only the llama-server and llama-bench targets. No web UI (LLAMA_USE_PREBUILT_UI would fetch
 # it from Hugging Face at build time), no TLS, static libraries so the
 # binary stands alone. -march=native minus AMX: on this machine's Xeon (a
 # Firecracker VM) ggml's AMX matmul segfaults in the warm-up decode (at
 # `ldtilecfg` in ggml_backend_amx_mul_mat, although a plain AMX program runs
 # fine), and -mno-amx-* wins over -march=native whatever the order; the
 # AVX-512/VNNI kernels and weight repacking stay on.
-echo "build_llama_server: building llama-server (cmake, -j$JOBS, nice 10; about 10 minutes)" >&2
+echo "build_llama_server: building llama-server and llama-bench (cmake, -j$JOBS, nice 10; about 10 minutes)" >&2
 nice -n 10 cmake -S "$SRC" -B "$DEST/build" \
     -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON \
@@ -99,10 +101,12 @@ nice -n 10 cmake -S "$SRC" -B "$DEST/build" \
     -DBUILD_SHARED_LIBS=OFF \
     -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" >&2
-nice -n 10 cmake --build "$DEST/build" --config Release --target llama-server -j "$JOBS" >&2
+nice -n 10 cmake --build "$DEST/build" --config Release --target llama-server llama-bench -j "$JOBS" >&2
 
 # Installed last, atomically: its presence means a finished build.
 mkdir -p "$DEST/bin"
+cp "$DEST/build/bin/llama-bench" "$DEST/bin/.llama-bench.tmp"
+mv "$DEST/bin/.llama-bench.tmp" "$BENCH_BIN"
 cp "$DEST/build/bin/llama-server" "$DEST/bin/.llama-server.tmp"
 mv "$DEST/bin/.llama-server.tmp" "$BIN"
 "$BIN" --version >&2 || true

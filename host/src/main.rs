@@ -153,6 +153,10 @@ enum Command {
         /// The llama.cpp benchmark script.
         #[arg(long, default_value = "scripts/llama_cpp_bench.py")]
         script: PathBuf,
+        /// llama.cpp's llama-bench binary: also run llama.cpp, alternating
+        /// (wins over --llama-cpp-python).
+        #[arg(long)]
+        llama_bench: Option<PathBuf>,
     },
 }
 
@@ -414,6 +418,7 @@ fn main() -> Result<()> {
             reps,
             llama_cpp_python,
             script,
+            llama_bench,
         } => {
             let table = run_bench(&BenchArgs {
                 model,
@@ -423,6 +428,7 @@ fn main() -> Result<()> {
                 reps,
                 llama_cpp_python,
                 script,
+                llama_bench,
             })?;
             println!("{table}");
         }

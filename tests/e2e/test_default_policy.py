@@ -56,6 +56,25 @@ def chat(c, text="Hi", **kw):
     return c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=kw.pop("max_tokens", 4), temperature=0, **kw)
 
 
+def first_chat(c):
+    """The first `chat(c)`, retried while the model is still loading (503)."""
+    time.sleep(0.5)
+    deadline = time.time() + 60
+    while True:
+        try:
+            return chat(c)
+        except openai.InternalServerError:
+            assert time.time() < deadline
+            time.sleep(0.2)
+
+
+def chat_prompt_tokens(c):
+    """Prompt tokens of `chat(c)` (one request of max_tokens=1)."""
+    r = chat(c, max_tokens=1)
+    assert r.usage.completion_tokens == 1
+    return r.usage.prompt_tokens
+
+
 def test_first_start_made_a_private_key_file_with_the_admin_key(default):
     f = default["keys"]
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
@@ -143,13 +162,13 @@ def test_audit_lines_are_written_and_parseable(default):
     assert stat.S_IMODE(default["audit"].stat().st_mode) == 0o600
 
 
-def rate_policy(tmp_path, keys_file):
+def rate_policy(tmp_path, keys_file, requests=3, tokens=400, window_secs=3):
     return write(tmp_path, (
         plugin("api-key", "api_key_auth.wasm", "authenticator")
         + f'config_files = {{ keys = "{keys_file}" }}\n'
         + plugin("rate-limit", "rate_limit.wasm", "admission", grants={"counters": True}, config={
-            "principal": json.dumps({"requests_per_window": 3, "tokens_per_window": 400}),
-            "window_secs": 3,
+            "principal": json.dumps({"requests_per_window": requests, "tokens_per_window": tokens}),
+            "window_secs": window_secs,
         })
         + route("/v1/chat/completions", auth="api-key", scopes=["inference"], admission=["rate-limit"])
         + route("*", auth="api-key", scopes=["admin"])
@@ -164,14 +183,7 @@ def test_rate_limits_refuse_then_recover_after_the_window(binary, tmp_path):
     try:
         time.sleep(0.5)
         c = client(s, k)
-        deadline = time.time() + 60
-        while True:  # the model may still be loading (503): wait
-            try:
-                chat(c)
-                break
-            except openai.InternalServerError:
-                assert time.time() < deadline
-                time.sleep(0.2)
+        first_chat(c)
         # At most 3 requests fit in any 3-second window: a quick run of 7
         # must hit the limit.
         refused = None
@@ -187,21 +199,32 @@ def test_rate_limits_refuse_then_recover_after_the_window(binary, tmp_path):
         assert h["x-ratelimit-limit-requests"] == "3" and h["x-ratelimit-remaining-requests"] == "0"
         time.sleep(int(h["retry-after"]) + 0.2)
         assert chat(c).choices, "recovered after the window"
-        # Tokens: prompt + max_tokens is reserved up front and settled with
-        # what was used; a request alone above the budget never fits.
+    finally:
+        assert s.stop() == 0
+
+
+def test_token_budget_reserves_up_front_and_settles(binary, tmp_path):
+    # A window long enough that no boundary falls between two requests on a
+    # loaded machine: the refusal must come from the budget alone.
+    f = tmp_path / "keys.json"
+    big = keys(binary, "create", "--file", f, "--id", "big", "--scopes", "inference")
+    s = Server(binary, "--no-embeddings", policy=rate_policy(tmp_path, f, requests=100, window_secs=600), wait_ready=False)
+    try:
         cb = client(s, big)
+        used = first_chat(cb).usage.total_tokens  # /ready needs the admin scope here
+        # Prompt + max_tokens is reserved up front; a request alone above
+        # the budget never fits, and its refusal reserves nothing.
         with pytest.raises(openai.RateLimitError, match="budget"):
             chat(cb, max_tokens=1000)
-        for attempt in range(3):
-            chat(cb, "Write a long story about a dragon.", max_tokens=150)
-            try:
-                chat(cb, max_tokens=300)
-            except openai.RateLimitError as e:
-                assert "tokens" in str(e)
-                break
-            # Only a window boundary between the two can let it through.
-        else:
-            pytest.fail("the token budget never applied")
+        # 150 reserved, then settled with what was really used; a request
+        # reserving one token more than what is left of 400 is refused.
+        r = chat(cb, "Write a long story about a dragon.", max_tokens=150)
+        p = chat_prompt_tokens(cb)
+        used += r.usage.total_tokens + p + 1  # chat_prompt_tokens ran one request of max_tokens=1
+        with pytest.raises(openai.RateLimitError, match="tokens"):
+            chat(cb, max_tokens=400 - used - p + 1)
+        # A small request still fits: the refused one reserved nothing.
+        assert chat(cb, max_tokens=1).choices
     finally:
         assert s.stop() == 0
 
