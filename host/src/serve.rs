@@ -241,7 +241,10 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
     };
     let stopped = |mut rx: tokio::sync::watch::Receiver<Option<Duration>>| async move {
         match rx.wait_for(|d| d.is_some()).await {
-            Ok(d) => d.unwrap_or_default(),
+            Ok(d) => {
+                let left: Option<Duration> = *d;
+                left.unwrap_or_default()
+            }
             Err(_) => Duration::ZERO,
         }
     };

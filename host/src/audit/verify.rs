@@ -242,7 +242,7 @@ mod tests {
         std::fs::write(&p, edited).unwrap();
         let (line, why) = broken_at(&p);
         assert_eq!(line, 3, "{why}");
-        assert!(why.contains("line 2 was edited"), "{why}");
+        assert!(why.contains("sha256 of line 2"), "{why}");
 
         // A deleted line: the seq jumps.
         let mut d = l.clone();

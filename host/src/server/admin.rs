@@ -135,7 +135,7 @@ fn key_file(state: &AppState) -> Result<PathBuf, ApiError> {
     files.sort();
     files.dedup();
     match files[..] {
-        [one] => Ok(one.clone()),
+        [one] => Ok((*one).clone()),
         [] => Err(ApiError::Unprocessable {
             message: "the policy reads no key file (`config_files.keys`); keys given inline in a plugin's config are not managed here".into(),
             param: None,
@@ -177,7 +177,7 @@ async fn with_keys<T: Send + 'static>(
 /// hashes).
 #[utoipa::path(get, path = "/admin/keys", responses((status = 200, body = KeyList)))]
 pub async fn list_keys(State(state): State<Arc<AppState>>) -> ApiResult {
-    let mut data: Vec<KeyInfo> = with_keys(&state, |p| KeyFile::load(p))
+    let mut data: Vec<KeyInfo> = with_keys(&state, KeyFile::load)
         .await?
         .keys
         .values()
