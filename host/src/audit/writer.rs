@@ -54,7 +54,7 @@ pub(super) fn last_line(f: &mut File) -> std::io::Result<(Option<Vec<u8>>, u64)>
         let start = size.saturating_sub(want);
         let mut buf = Vec::with_capacity((size - start) as usize);
         f.seek(SeekFrom::Start(start))?;
-        f.by_ref().take(size - start).read_to_end(&mut buf)?;
+        Read::by_ref(f).take(size - start).read_to_end(&mut buf)?;
         let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
             if start == 0 {
                 return Ok((None, size));
