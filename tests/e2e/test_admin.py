@@ -27,6 +27,7 @@ def policy(tmp_path, keys_file):
     return write(tmp_path, (
         plugin("api-key", "api_key_auth.wasm", "authenticator")
         + f'config_files = {{ keys = "{keys_file}" }}\n'
+        + "[plugins.api-key.grants]\nclock = true\n"  # key expiry
         + route("/health", public=True)
         + route("/ready", public=True)
         + route("/admin/*", auth="api-key", scopes=["admin"])
