@@ -628,14 +628,20 @@ mod tests {
     #[test]
     fn admin_listener_is_loopback_unless_allowed() {
         let mut s = ServerSection::default();
-        assert_eq!(s.admin_addr().unwrap(), Some(SocketAddr::from(([127, 0, 0, 1], 8081))));
+        assert_eq!(
+            s.admin_addr().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+        );
         for off in ["", "off", "OFF"] {
             s.admin_listen = off.into();
             assert_eq!(s.admin_addr().unwrap(), None);
         }
         s.admin_listen = "0.0.0.0:8081".into();
         let e = s.admin_addr().unwrap_err().to_string();
-        assert!(e.contains("admin_allow_remote") && e.contains("0.0.0.0:8081"), "{e}");
+        assert!(
+            e.contains("admin_allow_remote") && e.contains("0.0.0.0:8081"),
+            "{e}"
+        );
         s.admin_allow_remote = true;
         assert!(s.admin_addr().unwrap().is_some());
         s.admin_listen = "[::1]:0".into();

@@ -233,7 +233,10 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
         // both listeners keep answering until in-flight requests are done.
         shutdown_state.begin_drain();
         let started = std::time::Instant::now();
-        if tokio::time::timeout(drain, shutdown_state.idle()).await.is_err() {
+        if tokio::time::timeout(drain, shutdown_state.idle())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout reached with requests still generating");
         }
         tracing::info!("in-flight requests done; closing the listeners");

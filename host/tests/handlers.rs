@@ -274,10 +274,24 @@ async fn admin_routes_are_served_by_the_admin_router_only() {
         .oneshot(models)
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "no public routes there");
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "no public routes there"
+    );
     let (status, v) = call(&f.state, "GET", "/ready", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(v, json!({"status": "draining"}));
-    let (status, _) = call(&f.state, "POST", "/v1/chat/completions", Some(chat(json!({})))).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no new generations while draining");
+    let (status, _) = call(
+        &f.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!({}))),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no new generations while draining"
+    );
 }

@@ -200,8 +200,10 @@ mod tests {
     async fn write_n(s: &AuditSection, from: usize, n: usize) {
         let sink = AuditSink::open(s).unwrap();
         for i in from..from + n {
-            sink.write(&serde_json::json!({"request_id": format!("req-{i}"), "pad": "x".repeat(40)}))
-                .await;
+            sink.write(
+                &serde_json::json!({"request_id": format!("req-{i}"), "pad": "x".repeat(40)}),
+            )
+            .await;
         }
     }
 
@@ -256,7 +258,10 @@ mod tests {
         // looks like a rotated-away head, and says so.
         std::fs::write(&p, l[1..].join("\n") + "\n").unwrap();
         let v = verify(&p).unwrap();
-        assert!(v.notes[0].contains("(seq 2) chains to an earlier file"), "{v}");
+        assert!(
+            v.notes[0].contains("(seq 2) chains to an earlier file"),
+            "{v}"
+        );
     }
 
     #[tokio::test]
@@ -272,7 +277,11 @@ mod tests {
         assert!(v.to_string().contains("incomplete line"), "{v}");
         // Not in the middle: a line that does not parse is broken.
         let l = lines(&p);
-        std::fs::write(&p, format!("{}\n{{\"seq\":2,\"pr\n{}\n", l[0], l[1..3].join("\n"))).unwrap();
+        std::fs::write(
+            &p,
+            format!("{}\n{{\"seq\":2,\"pr\n{}\n", l[0], l[1..3].join("\n")),
+        )
+        .unwrap();
         assert_eq!(broken_at(&p).0, 2);
         // A restart drops the torn tail and chains to the last whole line.
         std::fs::write(&p, format!("{whole}{{\"seq\":4,\"prev\":\"ab")).unwrap();

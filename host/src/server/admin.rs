@@ -45,7 +45,11 @@ fn reload_failed(e: HostError) -> ApiError {
 pub async fn drain(State(state): State<Arc<AppState>>) -> ApiResult {
     tracing::info!("drain requested through the admin listener");
     state.begin_drain();
-    Ok((StatusCode::ACCEPTED, axum::Json(Status { status: "draining" })).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Status { status: "draining" }),
+    )
+        .into_response())
 }
 
 /// One key as the admin API shows it: no key, no hash.
@@ -198,7 +202,12 @@ pub async fn create_key(
     State(state): State<Arc<AppState>>,
     StrictJson(req): StrictJson<CreateKey>,
 ) -> ApiResult {
-    let expires = req.expires.as_deref().map(parse_date).transpose().map_err(key_error)?;
+    let expires = req
+        .expires
+        .as_deref()
+        .map(parse_date)
+        .transpose()
+        .map_err(key_error)?;
     let new = NewKey {
         id: req.id.clone(),
         scopes: req.scopes,
@@ -216,7 +225,11 @@ pub async fn create_key(
     .await?;
     let info = info.ok_or(ApiError::Internal)?;
     tracing::info!(id = %info.id, "API key created through the admin listener");
-    let reload_error = state.reload().await.err().map(|e| reload_failed(e).to_string());
+    let reload_error = state
+        .reload()
+        .await
+        .err()
+        .map(|e| reload_failed(e).to_string());
     let body = CreatedKey {
         info,
         key,

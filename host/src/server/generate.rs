@@ -324,20 +324,21 @@ impl Ctx {
                 .pipeline
                 .completed(&self.scope.rule, ctx, completion as u32);
         }
-        self.scope.audit(
-            &self.state,
-            status,
-            outcome,
-            Some(&self.model),
-            Some((self.valid.prompt_tokens(), completion)),
-            self.state.audit.include_text.then(|| {
-                serde_json::json!({
-                    "prompts": self.valid.prompt_texts,
-                    "completions": choices.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
-                })
-            }),
-        )
-        .await;
+        self.scope
+            .audit(
+                &self.state,
+                status,
+                outcome,
+                Some(&self.model),
+                Some((self.valid.prompt_tokens(), completion)),
+                self.state.audit.include_text.then(|| {
+                    serde_json::json!({
+                        "prompts": self.valid.prompt_texts,
+                        "completions": choices.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+                    })
+                }),
+            )
+            .await;
     }
 }
 
@@ -382,8 +383,7 @@ async fn collect(
                     }
                     Err(OutputStop::Failed) => {
                         let completion = choices.iter().map(|c| c.tokens.len()).sum();
-                        ctx.finish(chain, 503, "error", completion, &choices)
-                            .await;
+                        ctx.finish(chain, 503, "error", completion, &choices).await;
                         return Err(ApiError::Unavailable(
                             "a security check (output) could not run; the response was withheld"
                                 .into(),

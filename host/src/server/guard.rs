@@ -217,19 +217,20 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .any(|r| r.verdict == "deny");
-        scope.audit(
-            &state,
-            status,
-            match status {
-                _ if denied => "denied",
-                0..400 => "ok",
-                _ => "error",
-            },
-            None,
-            None,
-            None,
-        )
-        .await;
+        scope
+            .audit(
+                &state,
+                status,
+                match status {
+                    _ if denied => "denied",
+                    0..400 => "ok",
+                    _ => "error",
+                },
+                None,
+                None,
+                None,
+            )
+            .await;
     }
     resp
 }

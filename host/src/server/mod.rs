@@ -25,12 +25,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::ApiError;
 use crate::api::json::BodyLimit;
+use crate::audit::AuditSink;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::plugins::pipeline::Pipeline;
 use crate::scheduler::EngineHandle;
 use arc_swap::ArcSwap;
-use crate::audit::AuditSink;
 
 /// The request id, set by the outermost middleware.
 #[derive(Debug, Clone)]
