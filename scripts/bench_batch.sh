@@ -142,7 +142,7 @@ start_server() {
         wait_ready "http://127.0.0.1:$port/health" "$log"
         base_url=http://127.0.0.1:$port/v1
     else
-        "$BIN" serve --model "$MODEL" --listen 127.0.0.1:0 --no-embeddings --threads "$THREADS" \
+        "$BIN" serve --model "$MODEL" --listen 127.0.0.1:0 --admin-listen off --no-embeddings --threads "$THREADS" \
             --policy "$tmp/open-policy.toml" "${PALISADE_EXTRA[@]}" >"$tmp/palisade.out" 2>"$log" &
         server_pid=$!
         # The first stdout line is `palisade listening on http://ADDR`.

@@ -36,7 +36,7 @@ printf '[[routes]]\npath = "*"\npublic = true\n' >"$tmp/open.toml"
 PALISADE_CONFIG_DIR=$tmp/config PALISADE_STATE_DIR=$tmp/state scripts/dev-policy.sh 2>/dev/null
 
 start() { # name policy -> sets addr_<name>
-    "$BIN" serve --listen 127.0.0.1:0 --no-embeddings --threads "$THREADS" --policy "$2" >"$tmp/$1.out" 2>"$tmp/$1.log" &
+    "$BIN" serve --listen 127.0.0.1:0 --admin-listen off --no-embeddings --threads "$THREADS" --policy "$2" >"$tmp/$1.out" 2>"$tmp/$1.log" &
     pids+=($!)
     for _ in $(seq 1 300); do
         line=$(head -n1 "$tmp/$1.out" 2>/dev/null || true)

@@ -92,6 +92,10 @@ if "$BIN" serve --help 2>/dev/null | grep -q -- '--policy'; then
     fi
     policy_args=(--policy "$policy")
 fi
+# No fixed admin port: it could clash with a running server.
+if "$BIN" serve --help 2>/dev/null | grep -q -- '--admin-listen'; then
+    policy_args+=(--admin-listen off)
+fi
 "$BIN" serve --listen 127.0.0.1:0 --no-embeddings --threads "$THREADS" "${policy_args[@]}" >"$tmp/server.out" 2>"$tmp/server.log" &
 server_pid=$!
 

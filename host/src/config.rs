@@ -42,8 +42,41 @@ pub struct ServerSection {
     pub header_read_timeout_secs: u64,
     /// Time a client has to send the request body.
     pub body_read_timeout_secs: u64,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM/SIGINT (or `POST /admin/drain`), how long in-flight
+    /// requests may take to finish.
     pub shutdown_timeout_secs: u64,
+    /// Address of the admin listener (the `/admin/*` routes, served
+    /// nowhere else); `""` or `"off"` turns it off. Must be a loopback
+    /// address unless `admin_allow_remote` is set.
+    pub admin_listen: String,
+    /// Let `admin_listen` be a non-loopback address.
+    pub admin_allow_remote: bool,
+}
+
+impl ServerSection {
+    /// The admin listener's address, `None` when it is off; refuses a
+    /// non-loopback address unless `admin_allow_remote`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, HostError> {
+        let text = self.admin_listen.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bad = |message: String| HostError::Config {
+            path: PathBuf::from("server.admin_listen"),
+            message,
+        };
+        let addr: SocketAddr = text.parse().map_err(|e| {
+            bad(format!(
+                "`{text}`: {e} (give IP:PORT, e.g. 127.0.0.1:8081, or \"off\")"
+            ))
+        })?;
+        if !addr.ip().is_loopback() && !self.admin_allow_remote {
+            return Err(bad(format!(
+                "`{addr}` is not a loopback address; the admin routes stay on this machine unless `server.admin_allow_remote = true`"
+            )));
+        }
+        Ok(Some(addr))
+    }
 }
 
 impl Default for ServerSection {
@@ -56,6 +89,8 @@ impl Default for ServerSection {
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             shutdown_timeout_secs: 30,
+            admin_listen: "127.0.0.1:8081".into(),
+            admin_allow_remote: false,
         }
     }
 }
@@ -179,7 +214,17 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     (
         "server.shutdown_timeout_secs",
         "30",
-        "on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+        "on SIGTERM/SIGINT or `POST /admin/drain`, how long in-flight requests may take to finish",
+    ),
+    (
+        "server.admin_listen",
+        "\"127.0.0.1:8081\"",
+        "address of the admin listener, the only one serving `/admin/*` (`\"\"` or `\"off\"`: no admin listener); loopback only unless `admin_allow_remote`",
+    ),
+    (
+        "server.admin_allow_remote",
+        "false",
+        "allow a non-loopback `admin_listen` address",
     ),
     (
         "model.path",
@@ -288,6 +333,12 @@ pub struct ServeFlags {
     /// server.shutdown_timeout_secs
     #[arg(long)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// server.admin_listen ("off" or "": no admin listener)
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// server.admin_allow_remote
+    #[arg(long)]
+    pub admin_allow_remote: bool,
     /// model.path
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -385,6 +436,8 @@ impl ServeConfig {
         set!(f.header_read_timeout_secs => cfg.server.header_read_timeout_secs);
         set!(f.body_read_timeout_secs => cfg.server.body_read_timeout_secs);
         set!(f.shutdown_timeout_secs => cfg.server.shutdown_timeout_secs);
+        set!(f.admin_listen => cfg.server.admin_listen);
+        cfg.server.admin_allow_remote |= f.admin_allow_remote;
         set!(f.model => opt cfg.model.path);
         set!(f.tokenizer => opt cfg.model.tokenizer);
         set!(f.served_model_name => opt cfg.model.name);
@@ -454,6 +507,7 @@ impl ServeConfig {
                 format!("must be at least 1024, got {}", self.limits.max_body_bytes),
             );
         }
+        self.server.admin_addr()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls", "set both `cert` and `key`, or neither".into());
         }
@@ -569,6 +623,32 @@ mod tests {
         assert_eq!(c.limits.max_n, 5);
         assert_eq!(c.limits.max_tokens, 100);
         assert_eq!(c.server.listen.port(), 9000);
+    }
+
+    #[test]
+    fn admin_listener_is_loopback_unless_allowed() {
+        let mut s = ServerSection::default();
+        assert_eq!(
+            s.admin_addr().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+        );
+        for off in ["", "off", "OFF"] {
+            s.admin_listen = off.into();
+            assert_eq!(s.admin_addr().unwrap(), None);
+        }
+        s.admin_listen = "0.0.0.0:8081".into();
+        let e = s.admin_addr().unwrap_err().to_string();
+        assert!(
+            e.contains("admin_allow_remote") && e.contains("0.0.0.0:8081"),
+            "{e}"
+        );
+        s.admin_allow_remote = true;
+        assert!(s.admin_addr().unwrap().is_some());
+        s.admin_listen = "[::1]:0".into();
+        s.admin_allow_remote = false;
+        assert!(s.admin_addr().unwrap().is_some());
+        s.admin_listen = "localhost".into();
+        assert!(s.admin_addr().unwrap_err().to_string().contains("off"));
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub enum HostError {
     /// The server could not start (bind, TLS files).
     #[error("server: {0}")]
     Server(String),
+    /// An audit file's hash chain is broken.
+    #[error("{path}: line {line}: {reason}")]
+    AuditBroken {
+        /// The file.
+        path: PathBuf,
+        /// The first broken line (1-based).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The llama.cpp side of the benchmark failed.
     #[error("llama.cpp benchmark: {0}")]
     Peer(String),

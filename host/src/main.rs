@@ -65,6 +65,11 @@ enum Command {
     Openapi,
     /// Print the configuration reference (Markdown).
     ConfigReference,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Stream one completion to standard output (the completion only).
     Generate {
         /// GGUF file or Hugging Face model directory (default: the cached
@@ -157,6 +162,17 @@ enum Command {
         /// (wins over --llama-cpp-python).
         #[arg(long)]
         llama_bench: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain: prints the lines verified, or the
+    /// first broken line and why (exit 1). An incomplete last line (a
+    /// crash mid-write) is tolerated, only at the very end.
+    Verify {
+        /// The audit file (`audit.jsonl`, or a rotated `audit.jsonl.N`).
+        file: PathBuf,
     },
 }
 
@@ -354,6 +370,9 @@ fn main() -> Result<()> {
             command: PolicyCommand::Check { file },
         } => print!("{}", palisade::plugins::check::run(&file)?),
         Command::ConfigReference => print!("{}", palisade::config::reference_markdown()),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => println!("{}", palisade::audit::verify::verify(&file)?),
         Command::Generate {
             model,
             tokenizer,

@@ -5,7 +5,7 @@
 use utoipa::OpenApi;
 
 use crate::api::types::*;
-use crate::server::{generate, routes};
+use crate::server::{admin, generate, routes};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,7 +26,11 @@ use crate::server::{generate, routes};
         routes::health,
         routes::ready,
         routes::metrics,
-        routes::reload,
+        admin::reload,
+        admin::drain,
+        admin::list_keys,
+        admin::create_key,
+        admin::revoke_key,
     ),
     components(schemas(ChatCompletionChunk, Usage))
 )]

@@ -1,10 +1,10 @@
-//! `palisade serve`: load the configuration, bind, load the models in the
-//! background (the server answers 503 until they are ready), serve until
-//! SIGTERM/SIGINT, drain, exit.
+//! `palisade serve`: load the configuration, bind the public and the admin
+//! listener, load the models in the background (the server answers 503
+//! until they are ready), serve until SIGTERM/SIGINT or `POST
+//! /admin/drain`, drain, exit.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use palisade_engine::embed::EmbeddingModel;
@@ -16,7 +16,7 @@ use crate::config::ServeConfig;
 use crate::plugins::pipeline::Pipeline;
 use crate::plugins::policy::Policy;
 use crate::scheduler::EngineHandle;
-use crate::server::{AppState, Loaded, ROUTES, listener, router};
+use crate::server::{AppState, Loaded, ROUTES, admin_router, listener, router};
 
 /// Reads the configured policy file (required) with its key files pointed
 /// at `server.keys_file` when one is set: at start and on every reload.
@@ -147,6 +147,12 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
         .await
         .map_err(|e| HostError::Server(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let addr = listener::local_addr(&tcp)?;
+    let admin_tcp = match cfg.server.admin_addr()? {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            HostError::Server(format!("cannot listen on {a} (server.admin_listen): {e}"))
+        })?),
+        None => None,
+    };
     let state = AppState::new(cfg.clone(), pipeline)?;
     #[cfg(unix)]
     {
@@ -166,11 +172,18 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
         });
     }
     let app = router(state.clone());
-    // The first line on stdout names the address (tests bind port 0).
-    println!(
-        "palisade listening on {}://{addr}",
-        if tls.is_some() { "https" } else { "http" }
-    );
+    // The first line on stdout names the address, the second the admin
+    // listener's (tests bind port 0).
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("palisade listening on {scheme}://{addr}");
+    match &admin_tcp {
+        Some(t) => {
+            let a = listener::local_addr(t)?;
+            println!("palisade admin listening on {scheme}://{a}");
+            tracing::info!(addr = %a, "admin listener (the /admin/* routes)");
+        }
+        None => println!("palisade admin listener off"),
+    }
     tracing::info!(%addr, tls = tls.is_some(), "listening; loading models");
     let loader_state = state.clone();
     let loader_cfg = cfg.clone();
@@ -206,17 +219,52 @@ pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
             Err(_) => std::future::pending().await,
         }
     };
-    let shutdown = async {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Duration>);
+    let stop = async {
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("shutdown signal received"),
+            _ = shutdown_state.drain_requested() => {}
             e = load_failed => {
                 tracing::error!(error = %e, "model loading failed; shutting down");
                 load_error = Some(e);
             }
         }
-        shutdown_state.draining.store(true, Ordering::Relaxed);
+        // Draining: /ready is 503 and new generations are refused, but
+        // both listeners keep answering until in-flight requests are done.
+        shutdown_state.begin_drain();
+        let started = std::time::Instant::now();
+        if tokio::time::timeout(drain, shutdown_state.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached with requests still generating");
+        }
+        tracing::info!("in-flight requests done; closing the listeners");
+        stop_tx.send_replace(Some(drain.saturating_sub(started.elapsed())));
     };
-    listener::serve(tcp, app, tls, cfg.header_timeout(), shutdown, drain).await;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<Option<Duration>>| async move {
+        match rx.wait_for(|d| d.is_some()).await {
+            Ok(d) => {
+                let left: Option<Duration> = *d;
+                left.unwrap_or_default()
+            }
+            Err(_) => Duration::ZERO,
+        }
+    };
+    let public = listener::serve(
+        tcp,
+        app,
+        tls.clone(),
+        cfg.header_timeout(),
+        stopped(stop_rx.clone()),
+    );
+    let admin = async {
+        if let Some(t) = admin_tcp {
+            let app = admin_router(state.clone());
+            listener::serve(t, app, tls.clone(), cfg.header_timeout(), stopped(stop_rx)).await;
+        }
+    };
+    tokio::join!(stop, public, admin);
     match load_error {
         Some(e) => Err(e),
         None => Ok(()),

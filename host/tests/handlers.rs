@@ -244,3 +244,54 @@ async fn completions_accept_token_prompts_and_reject_bad_ids() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("999999"));
 }
+
+#[tokio::test]
+async fn admin_routes_are_served_by_the_admin_router_only() {
+    let f = fixture(|_| {});
+    for (method, path) in [
+        ("POST", "/admin/reload"),
+        ("POST", "/admin/drain"),
+        ("GET", "/admin/keys"),
+    ] {
+        let (status, v) = call(&f.state, method, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {v}");
+    }
+    let drain = Request::builder()
+        .method("POST")
+        .uri("/admin/drain")
+        .body(Body::empty())
+        .unwrap();
+    let resp = palisade::server::admin_router(f.state.clone())
+        .oneshot(drain)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let models = Request::builder()
+        .uri("/v1/models")
+        .body(Body::empty())
+        .unwrap();
+    let resp = palisade::server::admin_router(f.state.clone())
+        .oneshot(models)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "no public routes there"
+    );
+    let (status, v) = call(&f.state, "GET", "/ready", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v, json!({"status": "draining"}));
+    let (status, _) = call(
+        &f.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!({}))),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no new generations while draining"
+    );
+}

@@ -21,7 +21,11 @@ class Server:
             self._policy_dir = tempfile.TemporaryDirectory()
             policy = pathlib.Path(self._policy_dir.name) / "open.toml"
             policy.write_text(policies.OPEN)
-        cmd = [str(binary), "serve", "--listen", "127.0.0.1:0", "--threads", "2", "--policy", str(policy), *map(str, args)]
+        args = [str(a) for a in args]
+        # The admin listener (the /admin/* routes) on its own port 0 too,
+        # unless the test picks its own.
+        admin = [] if "--admin-listen" in args else ["--admin-listen", "127.0.0.1:0"]
+        cmd = [str(binary), "serve", "--listen", "127.0.0.1:0", *admin, "--threads", "2", "--policy", str(policy), *args]
         # Logs go to a file: an undrained pipe would block the server.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
@@ -40,6 +44,15 @@ class Server:
         self.addr = self.url.split("://", 1)[1]
         self.host, self.port = self.addr.rsplit(":", 1)
         self.port = int(self.port)
+        # The second line: the admin listener's address, or that it is off.
+        line = self.proc.stdout.readline()
+        if line.startswith("palisade admin listening on "):
+            self.admin_url = line.split(" on ", 1)[1].strip()
+        elif line.startswith("palisade admin listener off"):
+            self.admin_url = None
+        else:
+            self.proc.kill()
+            raise RuntimeError(f"no admin listener line: {line!r} {self.logs()}")
         if wait_ready:
             self.wait_ready()
 
@@ -59,6 +72,12 @@ class Server:
     def logs(self):
         self.log.seek(0)
         return self.log.read()
+
+    def admin(self, method, path, key=None, **kw):
+        """A request to the admin listener (`path` like `/admin/reload`)."""
+        assert self.admin_url, "the admin listener is off"
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.request(method, self.admin_url + path, headers=headers, timeout=kw.pop("timeout", 60), **kw)
 
     @property
     def v1(self):

@@ -48,7 +48,7 @@ def client(s, key):
 
 
 def reload(ctx):
-    r = httpx.post(ctx["server"].url + "/admin/reload", headers={"authorization": f"Bearer {ctx['admin']}"}, timeout=60)
+    r = ctx["server"].admin("POST", "/admin/reload", ctx["admin"])
     assert r.status_code == 200, r.text
 
 
@@ -236,7 +236,7 @@ def test_keys_file_flag_holds_across_reloads(binary, tmp_path):
     try:
         assert not (tmp_path / "policy-keys.json").exists(), "--keys-file replaces the policy's key file"
         late = keys(binary, "create", "--file", f, "--id", "late", "--scopes", "inference")
-        r = httpx.post(s.url + "/admin/reload", headers={"authorization": f"Bearer {admin}"}, timeout=60)
+        r = s.admin("POST", "/admin/reload", admin)
         assert r.status_code == 200, r.text
         # After the reload the server still reads --keys-file, with the new key in it.
         assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {late}"}).status_code == 403

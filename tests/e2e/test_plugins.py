@@ -41,15 +41,16 @@ def guarded(binary, tmp_path_factory):
 
 ROUTES = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"),
           ("GET", "/v1/models/x"), ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/metrics"),
-          ("POST", "/admin/reload")]
+          ("POST", "/admin/reload"), ("GET", "/admin/keys")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
 def test_every_route_but_health_needs_a_key(guarded, method, path):
-    r = httpx.request(method, guarded.url + path, json={})
+    base = guarded.admin_url if path.startswith("/admin/") else guarded.url
+    r = httpx.request(method, base + path, json={})
     assert r.status_code == 401, (path, r.text)
     assert r.json()["error"]["type"] == "authentication_error"
-    r = httpx.request(method, guarded.url + path, json={}, headers={"authorization": "Bearer pal_wrong"})
+    r = httpx.request(method, base + path, json={}, headers={"authorization": "Bearer pal_wrong"})
     assert r.status_code == 401
     assert httpx.get(guarded.url + "/health").status_code == 200
 
@@ -59,7 +60,7 @@ def test_scopes_are_enforced(guarded):
     assert httpx.get(guarded.url + "/metrics", headers=h(USER)).status_code == 403
     assert httpx.get(guarded.url + "/metrics", headers=h(METRICS)).status_code == 200
     assert httpx.get(guarded.url + "/v1/models", headers=h(METRICS)).status_code == 403
-    assert httpx.post(guarded.url + "/admin/reload", headers=h(USER)).status_code == 403
+    assert guarded.admin("POST", "/admin/reload", USER).status_code == 403
     assert httpx.get(guarded.url + "/v1/models", headers={"x-api-key": USER}).status_code == 200
 
 
@@ -247,11 +248,11 @@ def test_hot_reload_revokes_a_key_and_keeps_a_good_policy(binary, tmp_path):
         assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 200
         # Revoke USER through the admin endpoint.
         path.write_text(auth_policy([k for k in KEYS if k[1] != "user"]))
-        assert httpx.post(s.url + "/admin/reload", headers=h(ADMIN)).status_code == 200
+        assert s.admin("POST", "/admin/reload", ADMIN).status_code == 200
         assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 401
         # A broken policy leaves the current one running and says why.
         path.write_text("[[routes]]\npath = '/v1/*'\npublic = true\n")
-        r = httpx.post(s.url + "/admin/reload", headers=h(ADMIN))
+        r = s.admin("POST", "/admin/reload", ADMIN)
         assert r.status_code == 422 and "/metrics" in r.json()["error"]["message"]
         assert httpx.get(s.url + "/v1/models", headers=h(ADMIN)).status_code == 200
         # SIGHUP reloads too: give USER back.

@@ -38,6 +38,9 @@ pub enum ApiError {
         /// Path.
         path: String,
     },
+    /// No API key with this id in the key file (404, code `key_not_found`).
+    #[error("no key named `{0}`")]
+    KeyNotFound(String),
     /// Wrong method on a known route (405).
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
@@ -115,7 +118,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_)
+            | ApiError::RouteNotFound { .. }
+            | ApiError::KeyNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,6 +148,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ("permission_error", Some("insufficient_scope")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", Some("unknown_url")),
+            ApiError::KeyNotFound(_) => ("invalid_request_error", Some("key_not_found")),
             ApiError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             ApiError::Internal => ("server_error", None),
             ApiError::Unavailable(_) => ("server_error", Some("service_unavailable")),

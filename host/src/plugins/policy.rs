@@ -50,15 +50,47 @@ impl Default for RuntimeSection {
     }
 }
 
-/// `[audit]`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+/// `[audit]`. Read once, when the server starts (a reload keeps the file
+/// and settings it opened).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
-    /// JSON-lines file (none: audit records go to the log).
+    /// JSON-lines file (none: audit records go to the log). Every line
+    /// carries `seq` and `prev` (the sha256 of the line before), checked by
+    /// `palisade audit verify FILE`.
     pub path: Option<PathBuf>,
     /// Also record the prompt and the completion text (off: records carry
     /// counts, verdicts and timings only).
     pub include_text: bool,
+    /// When written lines are forced to disk: `always` (before the
+    /// response they belong to completes; lines written together share one
+    /// fsync), `interval` (every `fsync_interval_ms`), or `never`. In every
+    /// mode a line is in the file before its response completes, so a
+    /// crash of the process loses none; the policy is about power loss.
+    pub fsync: crate::audit::FsyncPolicy,
+    /// With `fsync = "interval"`: most milliseconds a written line waits
+    /// for its fsync.
+    pub fsync_interval_ms: u64,
+    /// Rotate when the file would grow past this many bytes (0: never):
+    /// `audit.jsonl` becomes `audit.jsonl.1`, `.1` becomes `.2` ...; the
+    /// chain goes on in the new file.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` to `audit.jsonl.KEEP`); older
+    /// ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            path: None,
+            include_text: false,
+            fsync: crate::audit::FsyncPolicy::Always,
+            fsync_interval_ms: 1000,
+            max_bytes: 100 << 20,
+            keep: 10,
+        }
+    }
 }
 
 /// The world a plugin implements.

@@ -308,8 +308,9 @@ impl Ctx {
         }
     }
 
-    /// Settles admission reservations and writes the audit record.
-    fn finish(
+    /// Settles admission reservations and writes the audit record (the
+    /// response completes after it).
+    async fn finish(
         &self,
         chain: OutputChain,
         status: u16,
@@ -323,19 +324,21 @@ impl Ctx {
                 .pipeline
                 .completed(&self.scope.rule, ctx, completion as u32);
         }
-        self.scope.audit(
-            &self.state,
-            status,
-            outcome,
-            Some(&self.model),
-            Some((self.valid.prompt_tokens(), completion)),
-            self.state.audit.include_text.then(|| {
-                serde_json::json!({
-                    "prompts": self.valid.prompt_texts,
-                    "completions": choices.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
-                })
-            }),
-        );
+        self.scope
+            .audit(
+                &self.state,
+                status,
+                outcome,
+                Some(&self.model),
+                Some((self.valid.prompt_tokens(), completion)),
+                self.state.audit.include_text.then(|| {
+                    serde_json::json!({
+                        "prompts": self.valid.prompt_texts,
+                        "completions": choices.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+                    })
+                }),
+            )
+            .await;
     }
 }
 
@@ -380,7 +383,7 @@ async fn collect(
                     }
                     Err(OutputStop::Failed) => {
                         let completion = choices.iter().map(|c| c.tokens.len()).sum();
-                        ctx.finish(chain, 503, "error", completion, &choices);
+                        ctx.finish(chain, 503, "error", completion, &choices).await;
                         return Err(ApiError::Unavailable(
                             "a security check (output) could not run; the response was withheld"
                                 .into(),
@@ -394,14 +397,15 @@ async fn collect(
             SeqEvent::Error(e) => {
                 let err: ApiError = e.into();
                 let completion = choices.iter().map(|c| c.tokens.len()).sum();
-                ctx.finish(chain, err.status().as_u16(), "error", completion, &choices);
+                ctx.finish(chain, err.status().as_u16(), "error", completion, &choices)
+                    .await;
                 return Err(err);
             }
         }
     }
     drop(merged); // cancels sequences still running after an abort
     let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
-    ctx.finish(chain, 200, outcome, completion, &choices);
+    ctx.finish(chain, 200, outcome, completion, &choices).await;
     let usage = ctx.usage(completion);
     let (created, fp) = (ctx.created(), ctx.state.fingerprint());
     Ok(match ctx.kind {
@@ -517,7 +521,7 @@ fn stream(
                 Kind::Text => continue,
             };
             if tx.send(Ok(ev)).await.is_err() {
-                ctx.finish(chain, 499, "cancelled", 0, &[]);
+                ctx.finish(chain, 499, "cancelled", 0, &[]).await;
                 return;
             }
         }
@@ -620,10 +624,11 @@ fn stream(
                 outcome,
                 completion,
                 &choices,
-            );
+            )
+            .await;
             return;
         }
-        ctx.finish(chain, 200, outcome, completion, &choices);
+        ctx.finish(chain, 200, outcome, completion, &choices).await;
         if ctx.valid.include_usage {
             let usage = ctx.usage(choices.iter().map(|c| c.tokens.len()).sum());
             let ev = match ctx.kind {

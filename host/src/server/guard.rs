@@ -86,8 +86,9 @@ impl Scope {
             .extend(r);
     }
 
-    /// Writes the audit record.
-    pub fn audit(
+    /// Writes the audit record; returns once it is written (and synced,
+    /// per `[audit] fsync`), so callers finish the response after it.
+    pub async fn audit(
         &self,
         state: &AppState,
         status: u16,
@@ -121,7 +122,7 @@ impl Scope {
             micros: self.started.elapsed().as_micros(),
             text,
         };
-        state.audit.write(&rec);
+        state.audit.write(&rec).await;
     }
 }
 
@@ -188,7 +189,9 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
                     started,
                     audited: Arc::default(),
                 };
-                scope.audit(&state, e.status().as_u16(), "denied", None, None, None);
+                scope
+                    .audit(&state, e.status().as_u16(), "denied", None, None, None)
+                    .await;
                 return e.into_response();
             }
         }
@@ -214,73 +217,20 @@ pub async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: N
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .any(|r| r.verdict == "deny");
-        scope.audit(
-            &state,
-            status,
-            match status {
-                _ if denied => "denied",
-                0..400 => "ok",
-                _ => "error",
-            },
-            None,
-            None,
-            None,
-        );
+        scope
+            .audit(
+                &state,
+                status,
+                match status {
+                    _ if denied => "denied",
+                    0..400 => "ok",
+                    _ => "error",
+                },
+                None,
+                None,
+                None,
+            )
+            .await;
     }
     resp
-}
-
-/// The audit sink: a JSON-lines file (flushed per line) or the log.
-#[derive(Debug, Default)]
-pub struct AuditSink {
-    file: Option<Mutex<std::fs::File>>,
-    /// Records carry prompt and completion text.
-    pub include_text: bool,
-}
-
-impl AuditSink {
-    /// Opens `path` for appending (mode 0600), or logs when `None`.
-    pub fn open(
-        path: Option<&std::path::Path>,
-        include_text: bool,
-    ) -> Result<Self, crate::HostError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let Some(p) = path else {
-            return Ok(AuditSink {
-                file: None,
-                include_text,
-            });
-        };
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::plugins::private_dir(dir)?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(p)
-            .map_err(|e| crate::HostError::Server(format!("audit log {}: {e}", p.display())))?;
-        Ok(AuditSink {
-            file: Some(Mutex::new(f)),
-            include_text,
-        })
-    }
-
-    /// Writes one record.
-    pub fn write(&self, rec: &AuditRecord<'_>) {
-        use std::io::Write;
-        let Ok(mut line) = serde_json::to_string(rec) else {
-            return;
-        };
-        match &self.file {
-            Some(f) => {
-                line.push('\n');
-                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.flush()) {
-                    tracing::error!(error = %e, "audit write failed");
-                }
-            }
-            None => tracing::info!(target: "palisade::audit", "{line}"),
-        }
-    }
 }

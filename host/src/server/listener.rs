@@ -72,14 +72,14 @@ pub fn tls_acceptor(tls: &TlsSection) -> Result<Option<TlsAcceptor>, HostError> 
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits up to `drain` for open connections to finish.
+/// accepting and waits as long as `shutdown` says (what is left of the
+/// drain time) for open connections to finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
+    shutdown: impl std::future::Future<Output = Duration>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -93,9 +93,13 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
+    let drain;
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            left = &mut shutdown => {
+                drain = left;
+                break;
+            }
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

@@ -1,6 +1,9 @@
 //! The HTTP server: shared state, the router, and the middleware every
-//! request passes (request id, body limit and timeout, metrics).
+//! request passes (request id, body limit and timeout, metrics). Two
+//! routers: the public one ([`router`]) and the admin one
+//! ([`admin_router`], for the admin listener only).
 
+pub mod admin;
 pub mod generate;
 pub mod guard;
 pub mod listener;
@@ -22,12 +25,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::ApiError;
 use crate::api::json::BodyLimit;
+use crate::audit::AuditSink;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::plugins::pipeline::Pipeline;
 use crate::scheduler::EngineHandle;
 use arc_swap::ArcSwap;
-use guard::AuditSink;
 
 /// The request id, set by the outermost middleware.
 #[derive(Debug, Clone)]
@@ -64,6 +67,10 @@ pub struct AppState {
     pub pipeline: ArcSwap<Pipeline>,
     /// Where audit records go.
     pub audit: AuditSink,
+    /// Set to true to start a drain (`POST /admin/drain`).
+    drain: tokio::sync::watch::Sender<bool>,
+    /// Admin edits of the key file run one at a time.
+    pub admin_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
 }
 
@@ -83,13 +90,12 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let audit = AuditSink::open(
-            pipeline.policy.audit.path.as_deref(),
-            pipeline.policy.audit.include_text,
-        )?;
+        let audit = AuditSink::open(&pipeline.policy.audit)?;
         Ok(Arc::new(AppState {
             pipeline: ArcSwap::from_pointee(pipeline),
             audit,
+            drain: tokio::sync::watch::Sender::new(false),
+            admin_lock: tokio::sync::Mutex::new(()),
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             embed_slot: Arc::new(Semaphore::new(1)),
             config,
@@ -112,6 +118,32 @@ impl AppState {
         self.pipeline.store(Arc::new(built));
         tracing::info!("policy reloaded");
         Ok(())
+    }
+
+    /// Starts a graceful drain, as SIGTERM does: `/ready` answers 503 and
+    /// new generations are refused at once; the server stops once the
+    /// in-flight requests are done.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::begin_drain`] was called.
+    pub async fn drain_requested(&self) {
+        let mut rx = self.drain.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Resolves once no request holds or waits for a generation or
+    /// embedding slot.
+    pub async fn idle(&self) {
+        let all = self.config.limits.max_concurrent_requests;
+        while self.slots.available_permits() < all
+            || self.embed_slot.available_permits() < 1
+            || self.metrics.queued_requests.load(Ordering::Relaxed) > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Marks the models loaded (ready).
@@ -172,8 +204,8 @@ impl AppState {
     }
 }
 
-/// Every route the server serves: (method, path). The policy (a later
-/// piece) must cover each; tests probe each.
+/// Every route the server serves, on either listener: (method, path). The
+/// policy must cover each; tests probe each.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
@@ -186,13 +218,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ready"),
     ("GET", "/metrics"),
     ("POST", "/admin/reload"),
+    ("POST", "/admin/drain"),
+    ("GET", "/admin/keys"),
+    ("POST", "/admin/keys"),
+    ("DELETE", "/admin/keys/{id}"),
 ];
 
-/// Builds the router with all middleware.
+/// Builds the public router with all middleware (no admin routes: they
+/// answer 404 here).
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.limits.max_body_bytes;
-    let body_timeout = Duration::from_secs(state.config.server.body_read_timeout_secs.max(1));
-    Router::new()
+    let r = Router::new()
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/embeddings", post(routes::embeddings))
@@ -202,9 +237,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(routes::detokenize))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
-        .route("/admin/reload", post(routes::reload))
-        .fallback(routes::not_found)
+        .route("/metrics", get(routes::metrics));
+    layered(r, state)
+}
+
+/// Builds the admin listener's router: the `/admin/*` routes alone, with
+/// the same middleware (the policy's auth stage and scopes included).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    let r = Router::new()
+        .route("/admin/reload", post(admin::reload))
+        .route("/admin/drain", post(admin::drain))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key));
+    layered(r, state)
+}
+
+fn layered(r: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    let limit = state.config.limits.max_body_bytes;
+    let body_timeout = Duration::from_secs(state.config.server.body_read_timeout_secs.max(1));
+    r.fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), record))

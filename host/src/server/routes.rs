@@ -1,5 +1,6 @@
 //! The routes other than generation: models, embeddings, tokenizer,
-//! health, readiness, metrics, and the 404/405 fallbacks.
+//! health, readiness, metrics, and the 404/405 fallbacks (the admin
+//! routes are in [`super::admin`]).
 
 use std::sync::Arc;
 
@@ -222,21 +223,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult {
     let mut text = state.metrics.render(loaded.map(|l| &*l.handle.stats));
     state.pipeline.load().render_metrics(&mut text);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-}
-
-/// `POST /admin/reload`: rebuild the policy and swap it in.
-#[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = Status), (status = 500, description = "the new policy failed to load; the old one stays")))]
-pub async fn reload(State(state): State<Arc<AppState>>) -> ApiResult {
-    match state.reload().await {
-        Ok(()) => Ok(json(&Status { status: "reloaded" })),
-        Err(e) => {
-            tracing::error!(error = %e, "policy reload failed; keeping the current policy");
-            Err(ApiError::Unprocessable {
-                message: format!("policy not reloaded: {e}"),
-                param: None,
-            })
-        }
-    }
 }
 
 /// Unknown route: 404 in OpenAI's shape.
