@@ -252,7 +252,7 @@ impl AuditSink {
             });
         };
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::plugins::private_dir(dir)?;
+            crate::private::ensure_dir(dir)?;
         }
         let f = std::fs::OpenOptions::new()
             .create(true)
