@@ -279,7 +279,7 @@ fn policy_build(policy: &Policy, pinned: bool) -> Check {
         );
     }
     // A key file the first start creates cannot be read yet.
-    let missing: Vec<&PathBuf> = crate::serve::key_files(policy)
+    let missing: Vec<PathBuf> = crate::serve::key_files(policy)
         .into_iter()
         .filter(|k| !k.exists())
         .collect();
