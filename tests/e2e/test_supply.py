@@ -116,7 +116,9 @@ def auth_policy(tmp_path, keys_file, sha=None, audit=None):
 
 def test_world_writable_key_file_and_audit_dir_are_refused_with_the_fix(binary, model, tmp_path):
     keys = tmp_path / "keys.json"
-    assert sh(binary, "keys", "create", "--file", keys, "--id", "ops", "--scopes", "admin").returncode == 0
+    made = sh(binary, "keys", "create", "--file", keys, "--id", "ops", "--scopes", "admin")
+    assert made.returncode == 0
+    key = made.stdout.strip().splitlines()[-1]
     assert keys.stat().st_mode & 0o777 == 0o600
     audit_dir = tmp_path / "audit"
     policy = auth_policy(tmp_path, keys, audit=audit_dir / "audit.jsonl")
@@ -130,6 +132,7 @@ def test_world_writable_key_file_and_audit_dir_are_refused_with_the_fix(binary, 
 
     # The server creates the audit directory 0700 ...
     s = Server(binary, "--model", model, "--no-embeddings", policy=policy, wait_ready=False)
+    s.wait_ready(headers={"authorization": f"Bearer {key}"})
     assert s.stop() == 0
     assert audit_dir.stat().st_mode & 0o777 == 0o700
     # ... and refuses it once others may write to it.
