@@ -133,8 +133,10 @@ impl Model {
     /// Loads a GGUF file or a Hugging Face directory.
     pub fn load(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            let (config, tied) = ModelConfig::from_hf(&path.join("config.json"))?;
+            // Weights first: a directory of pickles is refused as such,
+            // whatever else is missing.
             let src = SafetensorsDir::open(path)?;
+            let (config, tied) = ModelConfig::from_hf(&path.join("config.json"))?;
             Self::build(config, &src, Names::Hf, tied, path)
         } else {
             crate::hf::refuse_pickle(path)?;

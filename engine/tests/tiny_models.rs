@@ -382,6 +382,16 @@ mod load_errors {
             e.contains("pytorch_model.bin") && e.contains("arbitrary code"),
             "{e}"
         );
+        // Only pickles, no config.json: still refused for the pickles.
+        let d = dir.path().join("pickles-only");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("model.ckpt"), b"pickle").unwrap();
+        std::fs::write(d.join("weights.pt"), b"pickle").unwrap();
+        let e = err(&d);
+        assert!(
+            e.contains("model.ckpt") && e.contains("weights.pt") && e.contains("pickle"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct ModelSection {
     /// Bytes of the paged KV cache, allocated once (default: an eighth of
     /// the machine's memory, at most 1 GiB).
     pub kv_cache_bytes: Option<u64>,
+    /// A model manifest (`palisade model manifest`): the server refuses to
+    /// start unless every file of the model matches it (none: not checked).
+    pub manifest: Option<PathBuf>,
 }
 
 /// `[limits]`.
@@ -263,6 +266,11 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
         "bytes of the paged KV cache (16-token blocks, allocated once, shared by all sequences)",
     ),
     (
+        "model.manifest",
+        "none",
+        "manifest from `palisade model manifest`; `serve` refuses to start unless the model matches it (sha256 and size of every file)",
+    ),
+    (
         "limits.max_body_bytes",
         "2097152",
         "largest request body (413 beyond)",
@@ -363,6 +371,9 @@ pub struct ServeFlags {
     /// model.kv_cache_bytes
     #[arg(long)]
     pub kv_cache_bytes: Option<u64>,
+    /// model.manifest
+    #[arg(long)]
+    pub model_manifest: Option<PathBuf>,
     /// limits.max_body_bytes
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
@@ -446,6 +457,7 @@ impl ServeConfig {
         set!(f.threads => cfg.model.threads);
         set!(f.max_model_len => opt cfg.model.max_model_len);
         set!(f.kv_cache_bytes => opt cfg.model.kv_cache_bytes);
+        set!(f.model_manifest => opt cfg.model.manifest);
         set!(f.max_body_bytes => cfg.limits.max_body_bytes);
         set!(f.max_tokens => cfg.limits.max_tokens);
         set!(f.max_n => cfg.limits.max_n);

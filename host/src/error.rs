@@ -55,6 +55,38 @@ pub enum HostError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A path that must be private is not: another user owns it, or its
+    /// group or others may write to it.
+    #[error("{path} {problem}; fix it with `{fix}`")]
+    NotPrivate {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
+    },
+    /// A model manifest could not be read or written.
+    #[error("manifest {path}: {message}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model on disk does not match its manifest.
+    #[error("model {model} does not match the manifest {manifest}:\n{problems}")]
+    ModelMismatch {
+        /// The model file or directory.
+        model: PathBuf,
+        /// The manifest file.
+        manifest: PathBuf,
+        /// One line per missing, extra or changed file.
+        problems: String,
+    },
+    /// Start-up checks failed (`palisade doctor` runs the same ones).
+    #[error("refusing to start:\n{0}")]
+    Preflight(String),
     /// The llama.cpp side of the benchmark failed.
     #[error("llama.cpp benchmark: {0}")]
     Peer(String),

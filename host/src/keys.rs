@@ -94,8 +94,10 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl KeyFile {
-    /// Reads `path`.
+    /// Reads `path`, refusing it (and its directory) when another user
+    /// owns it or others may write to it (see [`crate::private`]).
     pub fn load(path: &Path) -> Result<Self, HostError> {
+        crate::private::check_file_and_dir(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
         let keys = serde_json::from_str(&text).map_err(|e| err(path, e))?;
         Ok(KeyFile { keys })
@@ -110,18 +112,19 @@ impl KeyFile {
         }
     }
 
-    /// Writes atomically, mode 0600.
+    /// Writes atomically, mode 0600, into a private directory (created
+    /// 0700 when missing).
     pub fn save(&self, path: &Path) -> Result<(), HostError> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+            crate::private::ensure_dir(dir)?;
         }
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(crate::private::FILE_MODE)
             .open(&tmp)
             .map_err(|e| err(&tmp, e))?;
         let text = serde_json::to_string_pretty(&self.keys).map_err(|e| err(path, e))?;

@@ -16,12 +16,15 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod generate;
 pub mod keys;
+pub mod manifest;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
+pub mod private;
 pub mod scheduler;
 pub mod serve;
 pub mod server;
@@ -30,17 +33,23 @@ use std::path::PathBuf;
 
 pub use error::HostError;
 
-/// Where `scripts/fetch-model.sh` caches the default model.
-pub fn default_model_path() -> PathBuf {
-    let base = std::env::var_os("PALISADE_CACHE_DIR")
+/// The model cache: `$PALISADE_CACHE_DIR`, else `~/.cache/palisade` (the
+/// fetch scripts create it 0700; `serve` refuses it when others can write
+/// to it).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("PALISADE_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache/palisade")
-        });
-    base.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+}
+
+/// Where `scripts/fetch-model.sh` caches the default model.
+pub fn default_model_path() -> PathBuf {
+    cache_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// The model to use: the one given, or the cached default (with a clear

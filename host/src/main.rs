@@ -27,6 +27,20 @@ enum Command {
         #[command(flatten)]
         flags: ServeFlags,
     },
+    /// Check what `serve` with the same flags would fail on (exits
+    /// non-zero when a check fails).
+    Doctor {
+        #[command(flatten)]
+        flags: ServeFlags,
+        /// Print a JSON array of {check, status, detail}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Model supply chain: write and verify manifests of model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -174,6 +188,60 @@ enum AuditCommand {
         /// The audit file (`audit.jsonl`, or a rotated `audit.jsonl.N`).
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a model's manifest (sha256 and size of every file), JSON.
+    Manifest {
+        /// GGUF file or model directory.
+        model: PathBuf,
+        /// Write it here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a model against a manifest (exits non-zero naming each
+    /// missing, extra or changed file).
+    Verify {
+        /// GGUF file or model directory.
+        model: PathBuf,
+        /// The manifest (from `palisade model manifest`).
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+}
+
+fn model(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Manifest { model, out } => {
+            let (text, note) = palisade::manifest::write(&model, out.as_deref())?;
+            print!("{text}");
+            eprint!("{note}");
+        }
+        ModelCommand::Verify { model, manifest } => {
+            let m = palisade::manifest::verify(&model, &manifest)?;
+            println!(
+                "ok: {} matches {} ({} files, {} bytes)",
+                model.display(),
+                manifest.display(),
+                m.files.len(),
+                m.total_size()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn doctor(flags: &ServeFlags, json: bool) {
+    let checks = palisade::doctor::run_flags(flags);
+    if json {
+        print!("{}", palisade::doctor::json(&checks));
+    } else {
+        print!("{}", palisade::doctor::human(&checks));
+    }
+    if palisade::doctor::failed(&checks) {
+        std::process::exit(1);
+    }
 }
 
 #[derive(Subcommand)]
@@ -332,6 +400,8 @@ fn main() -> Result<()> {
     init_logging(LogFormat::Human);
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
+        Command::Doctor { flags, json } => doctor(&flags, json),
+        Command::Model { command } => model(command)?,
         Command::Openapi => print!("{}", palisade::openapi::document()),
         Command::Keys { command } => keys(command)?,
         Command::Plugin {

@@ -19,8 +19,8 @@ use crate::scheduler::EngineHandle;
 use crate::server::{AppState, Loaded, ROUTES, admin_router, listener, router};
 
 /// Reads the configured policy file (required) with its key files pointed
-/// at `server.keys_file` when one is set: at start and on every reload.
-pub fn read_policy(cfg: &ServeConfig) -> Result<Policy, HostError> {
+/// at `server.keys_file` when one is set.
+pub fn policy_from_config(cfg: &ServeConfig) -> Result<Policy, HostError> {
     let Some(path) = &cfg.server.policy else {
         return Err(HostError::Policy(
             "no policy file: pass --policy FILE (examples/policy.toml is the default policy); no route is served without one".into(),
@@ -33,6 +33,28 @@ pub fn read_policy(cfg: &ServeConfig) -> Result<Policy, HostError> {
                 keys.clone_from(k);
             }
         }
+    }
+    Ok(policy)
+}
+
+/// The API key files the policy's plugins read (`config_files.keys`).
+pub fn key_files(policy: &Policy) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = policy
+        .plugins
+        .values()
+        .filter_map(|s| s.config_files.get("keys").cloned())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// [`policy_from_config`], refusing key files (or their directories) that
+/// another user owns or others may write to: at start and on every reload.
+pub fn read_policy(cfg: &ServeConfig) -> Result<Policy, HostError> {
+    let policy = policy_from_config(cfg)?;
+    for k in key_files(&policy) {
+        crate::private::check_file_and_dir(&k)?;
     }
     Ok(policy)
 }
@@ -141,6 +163,7 @@ pub async fn shutdown_signal() {
 
 /// Runs the server until a shutdown signal, then drains.
 pub async fn run(cfg: ServeConfig) -> Result<(), HostError> {
+    crate::doctor::preflight(&cfg)?;
     let tls = listener::tls_acceptor(&cfg.tls)?;
     let pipeline = load_policy(&cfg)?;
     let tcp = tokio::net::TcpListener::bind(cfg.server.listen)

@@ -87,7 +87,7 @@ impl Chain {
     /// predecessor's, or the genesis.
     fn open(path: &Path, s: &AuditSection) -> Result<Chain, HostError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::plugins::private_dir(dir)?;
+            crate::private::ensure_dir(dir)?;
         }
         let mut file = open_append(path).map_err(|e| io_err(path, e))?;
         let (mut last, torn) = last_line(&mut file).map_err(|e| io_err(path, e))?;

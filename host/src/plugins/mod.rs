@@ -13,8 +13,6 @@ pub mod runtime;
 pub mod scaffold;
 pub mod state;
 
-use std::path::Path;
-
 use sha2::{Digest, Sha256};
 
 use crate::HostError;
@@ -27,38 +25,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Creates `dir` (mode 0700) if needed and refuses it when another user
-/// owns it or others can write to it.
-pub fn private_dir(dir: &Path) -> Result<(), HostError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| HostError::Plugin(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let meta =
-        std::fs::metadata(dir).map_err(|e| HostError::Plugin(format!("{}: {e}", dir.display())))?;
-    // SAFETY-free: geteuid via the metadata of a file we just created is not
-    // available portably; compare with the owner of our own process dir.
-    let me = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(meta.uid());
-    if meta.uid() != me {
+/// Reads the component a policy names and checks it against its sha256
+/// pin: the bytes when they match, else an error naming the plugin, the
+/// file and both digests (the runtime loads through this, and
+/// `palisade doctor` and the start-up checks use it too).
+pub fn read_pinned(name: &str, spec: &policy::PluginSpec) -> Result<Vec<u8>, HostError> {
+    let bytes = std::fs::read(&spec.path).map_err(|e| {
+        HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
+    })?;
+    let digest = sha256_hex(&bytes);
+    if !digest.eq_ignore_ascii_case(&spec.sha256) {
         return Err(HostError::Plugin(format!(
-            "{} is owned by uid {}, not by this user ({me}); use a directory you own",
-            dir.display(),
-            meta.uid()
+            "plugin `{name}`: {} has sha256 {digest}, the policy pins {}; refusing to load it",
+            spec.path.display(),
+            spec.sha256
         )));
     }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(HostError::Plugin(format!(
-            "{} is writable by group or others (mode {:o}); fix it with `chmod 700 {}`",
-            dir.display(),
-            meta.permissions().mode() & 0o777,
-            dir.display()
-        )));
-    }
-    Ok(())
+    Ok(bytes)
 }

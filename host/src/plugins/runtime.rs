@@ -5,7 +5,7 @@
 //! on a background thread.
 
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -307,7 +307,7 @@ impl Runtime {
             .name("palisade-prewarm".into())
             .spawn(move || prewarm_loop(w2, p2, s3))
             .map_err(|e| HostError::Plugin(e.to_string()))?;
-        let cache_dir = rt.cache_dir.clone().or_else(default_cache_dir);
+        let cache_dir = cache_dir(rt);
         Ok(Runtime {
             engine,
             linker,
@@ -328,17 +328,8 @@ impl Runtime {
         spec: &PluginSpec,
         counters: Arc<dyn CounterStore>,
     ) -> Result<Arc<LoadedPlugin>, HostError> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| {
-            HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
-        })?;
+        let bytes = super::read_pinned(name, spec)?;
         let digest = super::sha256_hex(&bytes);
-        if !digest.eq_ignore_ascii_case(&spec.sha256) {
-            return Err(HostError::Plugin(format!(
-                "plugin `{name}`: {} has sha256 {digest}, the policy pins {}; refusing to load it",
-                spec.path.display(),
-                spec.sha256
-            )));
-        }
         let component = self.compile(name, &digest, &bytes)?;
         let err = |e: wasmtime::Error| HostError::Plugin(format!("plugin `{name}`: {e:#}"));
         let ipre = self.linker.instantiate_pre(&component).map_err(err)?;
@@ -393,14 +384,16 @@ impl Runtime {
         let Some(dir) = &self.cache_dir else {
             return Component::new(&self.engine, bytes).map_err(err);
         };
-        crate::plugins::private_dir(dir)?;
+        crate::private::ensure_dir(dir)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let file = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
         if file.exists() {
+            crate::private::check_file(&file)?;
             // SAFETY: the file was written by `precompile_component` of a
             // compatible engine into a directory only we can write (checked
-            // by `private_dir`); its name pins the source's sha256.
+            // by `private::ensure_dir`, the file by `check_file`); its name pins
+            // the source's sha256.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &file) } {
                 Ok(c) => return Ok(c),
@@ -411,7 +404,7 @@ impl Runtime {
         }
         let compiled = self.engine.precompile_component(bytes).map_err(err)?;
         let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, &compiled)
+        if write_private(&tmp, &compiled)
             .and_then(|_| std::fs::rename(&tmp, &file))
             .is_err()
         {
@@ -428,6 +421,25 @@ impl Drop for Runtime {
         self.stop.store(true, Ordering::Relaxed);
         self.wake.1.notify_all();
     }
+}
+
+/// Writes `bytes` to a new file of mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::private::FILE_MODE)
+        .open(path)?
+        .write_all(bytes)
+}
+
+/// Where compiled plugins are cached: the policy's `[runtime] cache_dir`,
+/// else `~/.cache/palisade/plugins` (none without a home directory).
+pub fn cache_dir(rt: &RuntimeSection) -> Option<PathBuf> {
+    rt.cache_dir.clone().or_else(default_cache_dir)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
