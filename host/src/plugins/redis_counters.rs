@@ -288,7 +288,7 @@ impl CounterStore for RedisCounters {
                 self.mark_up();
                 Ok((value, reset_from_pttl(pttl, window_ms)))
             }
-            Err(e) if e.kind() == redis::ErrorKind::ResponseError => {
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
                 // Redis answered with an error (e.g. the key holds another
                 // type): the server is up, the call is refused.
                 self.errors.fetch_add(1, Ordering::Relaxed);
