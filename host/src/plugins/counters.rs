@@ -123,7 +123,10 @@ impl CountersSection {
             }
             CounterBackend::Redis => {
                 if self.url.is_none() {
-                    return bad("`backend = \"redis\"` needs `url` (e.g. \"redis://127.0.0.1:6379/0\")".into());
+                    return bad(
+                        "`backend = \"redis\"` needs `url` (e.g. \"redis://127.0.0.1:6379/0\")"
+                            .into(),
+                    );
                 }
                 if self.timeout_ms == 0 || self.timeout_ms > 10_000 {
                     return bad(format!(
@@ -208,21 +211,47 @@ mod tests {
     fn the_section_is_typed_and_checked() {
         let d = section("").unwrap();
         assert_eq!(d, CountersSection::default());
-        assert!(d.check([("rate-limit", 50)]).is_ok(), "memory needs nothing");
+        assert!(
+            d.check([("rate-limit", 50)]).is_ok(),
+            "memory needs nothing"
+        );
         let r = section("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\non_unavailable = \"local\"\ntimeout_ms = 25").unwrap();
-        assert_eq!((r.backend, r.on_unavailable, r.timeout_ms), (CounterBackend::Redis, OnUnavailable::Local, 25));
+        assert_eq!(
+            (r.backend, r.on_unavailable, r.timeout_ms),
+            (CounterBackend::Redis, OnUnavailable::Local, 25)
+        );
         assert!(r.check([("rate-limit", 50)]).is_ok());
         let e = r.check([("rate-limit", 40)]).unwrap_err().to_string();
-        assert!(e.contains("rate-limit") && e.contains("deadline_ms") && e.contains("40"), "{e}");
-        let e = section("backend = \"redis\"").unwrap().check([]).unwrap_err().to_string();
+        assert!(
+            e.contains("rate-limit") && e.contains("deadline_ms") && e.contains("40"),
+            "{e}"
+        );
+        let e = section("backend = \"redis\"")
+            .unwrap()
+            .check([])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs `url`"), "{e}");
-        let e = section("url = \"redis://x\"").unwrap().check([]).unwrap_err().to_string();
+        let e = section("url = \"redis://x\"")
+            .unwrap()
+            .check([])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"memory\""), "{e}");
         assert!(section("backend = \"etcd\"").unwrap_err().contains("etcd"));
-        assert!(section("on_unavailable = \"allow\"").unwrap_err().contains("allow"));
+        assert!(
+            section("on_unavailable = \"allow\"")
+                .unwrap_err()
+                .contains("allow")
+        );
         assert!(section("urls = \"x\"").unwrap_err().contains("urls"));
         let zero = section("backend = \"redis\"\nurl = \"redis://x\"\ntimeout_ms = 0").unwrap();
-        assert!(zero.check([]).unwrap_err().to_string().contains("timeout_ms"));
+        assert!(
+            zero.check([])
+                .unwrap_err()
+                .to_string()
+                .contains("timeout_ms")
+        );
         // A URL the client cannot use is a load error, naming the section.
         let bad = section("backend = \"redis\"\nurl = \"http://x\"").unwrap();
         assert!(bad.open().unwrap_err().to_string().contains("[counters]"));

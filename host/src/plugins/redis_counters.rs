@@ -75,7 +75,9 @@ pub fn expiry_ms(left_ms: u64) -> u64 {
 /// The milliseconds left in the window, from the key's `PTTL` (which
 /// includes the grace), within `1..=window_ms`.
 pub fn reset_from_pttl(pttl: i64, window_ms: u64) -> u64 {
-    let left = u64::try_from(pttl).unwrap_or(0).saturating_sub(EXPIRY_GRACE_MS);
+    let left = u64::try_from(pttl)
+        .unwrap_or(0)
+        .saturating_sub(EXPIRY_GRACE_MS);
     left.clamp(1, window_ms)
 }
 
@@ -196,7 +198,12 @@ impl RedisCounters {
     }
 
     /// One add in Redis: (value, pttl).
-    fn redis_add(&self, key: &str, delta: i64, expiry: u64) -> Result<(i64, i64), redis::RedisError> {
+    fn redis_add(
+        &self,
+        key: &str,
+        delta: i64,
+        expiry: u64,
+    ) -> Result<(i64, i64), redis::RedisError> {
         let mut c = self.connection()?;
         let r = self
             .script
@@ -258,7 +265,10 @@ impl RedisCounters {
 
     /// A call answered without Redis.
     fn unavailable(&self, key: &str, delta: i64, window_ms: u64) -> Result<(i64, u64), String> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).unlogged += 1;
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unlogged += 1;
         match self.on_unavailable {
             OnUnavailable::Deny => {
                 self.denied.fetch_add(1, Ordering::Relaxed);
@@ -341,11 +351,19 @@ mod tests {
     #[test]
     fn keys_name_prefix_key_window_and_index() {
         assert_eq!(
-            redis_key("palisade:", "rate-limit/requests:principal:app", 60_000, 29_410_833),
+            redis_key(
+                "palisade:",
+                "rate-limit/requests:principal:app",
+                60_000,
+                29_410_833
+            ),
             "palisade:rate-limit/requests:principal:app:60000:29410833"
         );
         // Different windows of the same key never share a Redis key.
-        assert_ne!(redis_key("p:", "k", 60_000, 1), redis_key("p:", "k", 1_000, 1));
+        assert_ne!(
+            redis_key("p:", "k", 60_000, 1),
+            redis_key("p:", "k", 1_000, 1)
+        );
     }
 
     #[test]
@@ -363,10 +381,19 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_logs() {
-        assert_eq!(redacted("redis://:s3cret@db:6379/0"), "redis://:***@db:6379/0");
-        assert_eq!(redacted("redis://user:s3cret@db/0"), "redis://user:***@db/0");
+        assert_eq!(
+            redacted("redis://:s3cret@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(
+            redacted("redis://user:s3cret@db/0"),
+            "redis://user:***@db/0"
+        );
         assert_eq!(redacted("redis://tok@db/0"), "redis://***@db/0");
-        assert_eq!(redacted("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
     }
 
     #[test]
@@ -389,7 +416,10 @@ mod tests {
         let mut m = String::new();
         local.render_metrics(&mut m);
         assert!(m.contains("palisade_counters_redis_up 0"), "{m}");
-        assert!(m.contains("palisade_counters_unavailable_total{action=\"local\"} 2"), "{m}");
+        assert!(
+            m.contains("palisade_counters_unavailable_total{action=\"local\"} 2"),
+            "{m}"
+        );
         assert!(deny.add("p/k", 1, 0).is_err(), "windows are checked first");
         assert!(deny.add(&"k".repeat(MAX_KEY_BYTES + 1), 1, 1_000).is_err());
     }

@@ -109,8 +109,8 @@ impl AppState {
         let built = tokio::task::spawn_blocking(move || {
             Pipeline::rebuild(crate::serve::read_policy(&cfg)?, &previous)
         })
-                .await
-                .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
+        .await
+        .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
         self.pipeline.store(Arc::new(built));
         tracing::info!("policy reloaded");
         Ok(())
