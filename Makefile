@@ -67,6 +67,8 @@ test-plugins: plugins
 test-e2e: venv
 	command -v openssl >/dev/null || (apt-get update -q && apt-get install -y -q openssl)
 	command -v curl >/dev/null || (apt-get update -q && apt-get install -y -q curl)
+	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
 	$(CARGO) build --bin palisade
 	$(VENV)/bin/python -m pytest -q tests/e2e
 

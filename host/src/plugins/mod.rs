@@ -9,6 +9,7 @@ pub mod devkit;
 pub mod http;
 pub mod pipeline;
 pub mod policy;
+pub mod redis_counters;
 pub mod runtime;
 pub mod scaffold;
 pub mod state;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::bindings::shared::palisade::plugin::types::{
     AdmissionVerdict, Denial, FilterVerdict, Principal, RequestContext, RequestMeta, Rewrite,
 };
-use super::counters::{CounterStore, MemoryCounters};
+use super::counters::CounterStore;
 use super::policy::{FailureMode, Policy, RouteRule};
 use super::runtime::{Instance, LoadedPlugin, PluginStore, Runtime, StageFailure, timed};
 use crate::HostError;
@@ -50,6 +50,7 @@ pub struct Pipeline {
     pub policy: Policy,
     /// Loaded plugins by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    counters: Arc<dyn CounterStore>,
     _runtime: Runtime,
     stats: Mutex<Stats>,
 }
@@ -87,9 +88,24 @@ fn denied(d: Denial) -> ApiError {
 }
 
 impl Pipeline {
-    /// Loads every plugin of `policy` (in-memory counters).
+    /// Loads every plugin of `policy`, with the counters backend its
+    /// `[counters]` section names.
     pub fn build(policy: Policy) -> Result<Self, HostError> {
-        Self::build_with(policy, Arc::new(MemoryCounters::default()))
+        let counters = policy.counters.open()?;
+        Self::build_with(policy, counters)
+    }
+
+    /// Loads `policy` to replace `previous`: when both name the same
+    /// counters backend, the new pipeline keeps counting in the old one's
+    /// store (a reload does not reset rate limits, and requests finishing
+    /// on the old policy settle in the same counters).
+    pub fn rebuild(policy: Policy, previous: &Pipeline) -> Result<Self, HostError> {
+        let counters = if policy.counters == previous.policy.counters {
+            previous.counters.clone()
+        } else {
+            policy.counters.open()?
+        };
+        Self::build_with(policy, counters)
     }
 
     /// Loads every plugin of `policy` with a counters backend.
@@ -109,6 +125,7 @@ impl Pipeline {
         Ok(Pipeline {
             policy,
             plugins,
+            counters,
             _runtime: runtime,
             stats: Mutex::default(),
         })
@@ -384,8 +401,9 @@ impl Pipeline {
         })
     }
 
-    /// Per-plugin metrics in Prometheus text.
+    /// Per-plugin metrics (and the counters backend's) in Prometheus text.
     pub fn render_metrics(&self, out: &mut String) {
+        self.counters.render_metrics(out);
         let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             out,
@@ -449,6 +467,18 @@ impl Pipeline {
                 }
             );
         }
+        let c = &self.policy.counters;
+        let _ = match c.backend {
+            super::counters::CounterBackend::Memory => writeln!(s, "counters: in memory"),
+            super::counters::CounterBackend::Redis => writeln!(
+                s,
+                "counters: redis at {} (prefix `{}`, timeout {} ms, when unreachable: {:?})",
+                super::redis_counters::redacted(c.url.as_deref().unwrap_or_default()),
+                c.key_prefix,
+                c.timeout_ms,
+                c.on_unavailable
+            ),
+        };
         s
     }
 }

@@ -20,6 +20,10 @@ pub struct Policy {
     /// Audit log settings.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Where the counters capability keeps its windows (memory, or Redis
+    /// shared by the replicas).
+    #[serde(default)]
+    pub counters: super::counters::CountersSection,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSpec>,
@@ -333,6 +337,12 @@ impl Policy {
                 ));
             }
         }
+        self.counters.check(
+            self.plugins
+                .iter()
+                .filter(|(_, s)| s.grants.counters)
+                .map(|(n, s)| (n.as_str(), s.limits.deadline_ms)),
+        )?;
         let kind_of = |name: &str, want: PluginKind, rule: &RouteRule| -> Result<(), HostError> {
             match self.plugins.get(name) {
                 None => Err(HostError::Policy(format!(

@@ -111,10 +111,12 @@ impl AppState {
     /// error the old one stays and the error says why.
     pub async fn reload(self: &Arc<Self>) -> Result<(), crate::HostError> {
         let cfg = self.config.clone();
-        let built =
-            tokio::task::spawn_blocking(move || Pipeline::build(crate::serve::read_policy(&cfg)?))
-                .await
-                .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
+        let previous = self.pipeline.load_full();
+        let built = tokio::task::spawn_blocking(move || {
+            Pipeline::rebuild(crate::serve::read_policy(&cfg)?, &previous)
+        })
+        .await
+        .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
         self.pipeline.store(Arc::new(built));
         tracing::info!("policy reloaded");
         Ok(())

@@ -14,7 +14,9 @@
 //! Tokens are reserved up front (prompt tokens plus `max_tokens` for each
 //! choice) and settled against actual use when the request completes.
 //! Refusals are 429s with `Retry-After` and OpenAI-style `x-ratelimit-*`
-//! headers; nothing a refused request counted stays counted.
+//! headers; nothing a refused request counted stays counted. When the
+//! counters fail (a shared Redis backend that is down and configured to
+//! deny), requests are refused with 503 `rate_limit_unavailable`.
 
 use palisade_plugin_sdk::admission::palisade::plugin::types::{
     AdmissionVerdict, Denial, Pair, RequestContext,
@@ -137,6 +139,16 @@ fn misconfigured(why: &str) -> AdmissionVerdict {
     )
 }
 
+/// The counters could not be used (a shared backend that is down, or the
+/// capability not granted): refuse, fail closed.
+fn unavailable(why: &str) -> AdmissionVerdict {
+    deny(
+        503,
+        "rate_limit_unavailable",
+        &format!("rate limits cannot be checked right now, so the request was refused: {why}"),
+    )
+}
+
 thread_local! {
     /// The parsed config, built by `prepare` before any request.
     static CONFIG: std::cell::OnceCell<Result<Config, String>> = const { std::cell::OnceCell::new() };
@@ -199,7 +211,7 @@ impl Guest for RateLimit {
                     Ok(w) => w,
                     Err(e) => {
                         undo(&bumps);
-                        return misconfigured(&e);
+                        return unavailable(&e);
                     }
                 };
                 bumps.push(Bump {
