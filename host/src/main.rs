@@ -63,6 +63,9 @@ enum Command {
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Print every route the server registers, one `METHOD PATH` per line
+    /// (what the policy must cover; the attack tests probe each).
+    Routes,
     /// Print the configuration reference (Markdown).
     ConfigReference,
     /// Stream one completion to standard output (the completion only).
@@ -313,6 +316,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::Routes => {
+            for (method, path) in palisade::server::ROUTES {
+                println!("{method} {path}");
+            }
+        }
         Command::Keys { command } => keys(command)?,
         Command::Plugin {
             command: PluginCommand::New { name, kind, dir },

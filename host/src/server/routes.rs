@@ -225,7 +225,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult {
 }
 
 /// `POST /admin/reload`: rebuild the policy and swap it in.
-#[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = Status), (status = 500, description = "the new policy failed to load; the old one stays")))]
+#[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = Status), (status = 422, description = "the new policy failed to load; the old one stays")))]
 pub async fn reload(State(state): State<Arc<AppState>>) -> ApiResult {
     match state.reload().await {
         Ok(()) => Ok(json(&Status { status: "reloaded" })),
