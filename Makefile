@@ -80,7 +80,7 @@ test-e2e: venv
 # tests/fuzz/artifacts/<target>/ and fails the run.
 FUZZ_TARGETS := request_json policy_toml gguf_header safetensors_header tokenizer
 FUZZ_SECS ?= 25
-CARGO_FUZZ_VERSION := 0.13.1
+CARGO_FUZZ_VERSION := 0.13.2
 fuzz-tools:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 

@@ -229,10 +229,11 @@ class Load:
         await self.simple("garbage", r, w, junk, {400, "closed"})
 
     async def do_oversize(self, r, w):
-        """Announces a body over the limit; the server refuses it unread."""
+        """Announces a body over the limit and sends one byte of it: refused
+        (413), or cut off by the body timeout (408)."""
         self.faults["oversized body announced"] += 1
         head = request("POST", "/tokenize", self.key).replace(b"\r\n\r\n", b"")
-        await self.simple("oversize", r, w, head + b"\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{", {413})
+        await self.simple("oversize", r, w, head + b"\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{", {413, 408})
 
     async def worker(self, deadline):
         while time.monotonic() < deadline:
