@@ -14,7 +14,7 @@ export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e bench fixtures bench-serve bench-policy bench-plugins bench-batch
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e test-fuzz fuzz fuzz-tools bench fixtures bench-serve bench-policy bench-plugins bench-batch
 
 serve: model embedding-model plugins
 	$(CARGO) build --release
@@ -71,6 +71,34 @@ test-e2e: venv
 	command -v systemd-analyze >/dev/null || (apt-get update -q && apt-get install -y -q systemd)
 	$(CARGO) build --bin palisade
 	$(VENV)/bin/python -m pytest -q tests/e2e
+
+# Fuzzing (tests/fuzz, its own workspace): libFuzzer through cargo-fuzz on
+# the stable toolchain (RUSTC_BOOTSTRAP=1 lets it pass its -Z flags), no
+# sanitizer (the parsers are safe Rust; debug assertions and overflow checks
+# are on). `make test-fuzz` runs each target for FUZZ_SECS seconds from the
+# committed seeds (not yet part of `make test`: the instrumented build of the
+# host is long and was not measured); `make fuzz` runs each for 10 minutes and keeps the corpus
+# it grows in tests/fuzz/corpus/. A crash leaves its input in
+# tests/fuzz/artifacts/<target>/ and fails the run.
+FUZZ_TARGETS := request_json policy_toml gguf_header safetensors_header tokenizer
+FUZZ_SECS ?= 25
+CARGO_FUZZ_VERSION := 0.13.2
+fuzz-tools:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+test-fuzz: fuzz-tools model
+	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -s none -a
+	set -e; cd tests/fuzz; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p corpus/$$t; \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none -a $$t corpus/$$t seeds/$$t -- \
+	        -max_total_time=$(FUZZ_SECS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | tail -n 4; \
+	    test $${PIPESTATUS[0]} -eq 0; \
+	done
+
+fuzz:
+	$(MAKE) test-fuzz FUZZ_SECS=600
+
 
 # Benchmarks (not part of the test suite): ours against llama.cpp's own
 # llama-bench, built from the llama-cpp-python==0.3.36 sdist's sources into

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::tensor::{MappedFile, TensorRef, TensorSource, TensorType};
@@ -56,35 +57,7 @@ impl SafetensorsDir {
         }
         let mut tensors = HashMap::new();
         for shard in shards {
-            let file = MappedFile::open(&shard)?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(file.bytes())
-                .map_err(|e| {
-                    EngineError::format(&shard, format!("invalid safetensors header: {e}"))
-                })?;
-            let base = 8 + header_len;
-            for (name, info) in meta.tensors() {
-                use safetensors::Dtype;
-                let ty = match info.dtype {
-                    Dtype::F32 => TensorType::F32,
-                    Dtype::F16 => TensorType::F16,
-                    Dtype::BF16 => TensorType::BF16,
-                    other => {
-                        return Err(EngineError::UnsupportedTensorType {
-                            path: shard.clone(),
-                            tensor: name,
-                            ty: format!("{other:?}"),
-                        });
-                    }
-                };
-                let (start, end) = info.data_offsets;
-                let t = TensorRef::new(
-                    name.clone(),
-                    ty,
-                    info.shape.clone(),
-                    file.clone(),
-                    base + start,
-                    end - start,
-                )?;
+            for (name, t) in read_shard(MappedFile::open(&shard)?)? {
                 if tensors.insert(name.clone(), t).is_some() {
                     return Err(EngineError::format(
                         &shard,
@@ -107,6 +80,44 @@ impl TensorSource for SafetensorsDir {
     fn origin(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The tensors of one safetensors file: its header parsed and every
+/// tensor's dtype, shape and byte range checked against the file.
+pub fn read_shard(file: Arc<MappedFile>) -> Result<Vec<(String, TensorRef)>> {
+    let shard = file.path.clone();
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(file.bytes())
+        .map_err(|e| EngineError::format(&shard, format!("invalid safetensors header: {e}")))?;
+    let base = 8 + header_len;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        use safetensors::Dtype;
+        let ty = match info.dtype {
+            Dtype::F32 => TensorType::F32,
+            Dtype::F16 => TensorType::F16,
+            Dtype::BF16 => TensorType::BF16,
+            other => {
+                return Err(EngineError::UnsupportedTensorType {
+                    path: shard,
+                    tensor: name,
+                    ty: format!("{other:?}"),
+                });
+            }
+        };
+        let (start, end) = info.data_offsets;
+        let range = end
+            .checked_sub(start)
+            .zip(base.checked_add(start))
+            .ok_or_else(|| {
+                EngineError::format(
+                    &shard,
+                    format!("tensor `{name}`: data offsets {start}..{end} are invalid"),
+                )
+            })?;
+        let t = TensorRef::new(name.clone(), ty, info.shape.clone(), file.clone(), range.1, range.0)?;
+        out.push((name, t));
+    }
+    Ok(out)
 }
 
 /// Refuses a single weight file in a pickle-based format.

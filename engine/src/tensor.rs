@@ -103,12 +103,19 @@ impl TensorType {
     }
 }
 
-/// A read-only memory-mapped file.
+/// A read-only memory-mapped file (or bytes held in memory, for parsers
+/// fed from elsewhere: fuzzing, tests).
 #[derive(Debug)]
 pub struct MappedFile {
     /// Where it came from (for error messages).
     pub path: PathBuf,
-    mmap: Mmap,
+    data: Storage,
+}
+
+#[derive(Debug)]
+enum Storage {
+    Map(Mmap),
+    Owned(Vec<u8>),
 }
 
 impl MappedFile {
@@ -126,13 +133,24 @@ impl MappedFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         Ok(Arc::new(MappedFile {
             path: path.to_path_buf(),
-            mmap,
+            data: Storage::Map(mmap),
         }))
+    }
+
+    /// Wraps bytes already in memory; `label` names them in errors.
+    pub fn from_bytes(label: &Path, bytes: Vec<u8>) -> Arc<Self> {
+        Arc::new(MappedFile {
+            path: label.to_path_buf(),
+            data: Storage::Owned(bytes),
+        })
     }
 
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
-        &self.mmap
+        match &self.data {
+            Storage::Map(m) => m,
+            Storage::Owned(v) => v,
+        }
     }
 }
 

@@ -77,6 +77,9 @@ enum Command {
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Print every route the server registers, one `METHOD PATH` per line
+    /// (what the policy must cover; the attack tests probe each).
+    Routes,
     /// Print the configuration reference (Markdown).
     ConfigReference,
     /// Audit log tools.
@@ -403,6 +406,11 @@ fn main() -> Result<()> {
         Command::Doctor { flags, json } => doctor(&flags, json),
         Command::Model { command } => model(command)?,
         Command::Openapi => print!("{}", palisade::openapi::document()),
+        Command::Routes => {
+            for (method, path) in palisade::server::ROUTES {
+                println!("{method} {path}");
+            }
+        }
         Command::Keys { command } => keys(command)?,
         Command::Plugin {
             command: PluginCommand::New { name, kind, dir },

@@ -302,7 +302,14 @@ impl Policy {
     pub fn load(path: &Path, routes: &[&str]) -> Result<Self, HostError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
-        let mut p: Policy = toml::from_str(&text)
+        Self::parse(&text, path, routes)
+    }
+
+    /// Parses and checks policy text read from `path` (named in errors;
+    /// relative plugin and config file paths are resolved against its
+    /// directory).
+    pub fn parse(text: &str, path: &Path, routes: &[&str]) -> Result<Self, HostError> {
+        let mut p: Policy = toml::from_str(text)
             .map_err(|e| HostError::Policy(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for spec in p.plugins.values_mut() {

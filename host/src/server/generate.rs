@@ -37,7 +37,8 @@ enum Kind {
 
 /// `POST /v1/chat/completions`.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
-    responses((status = 200, description = "a completion, or a stream of chunks", body = ChatCompletion),
+    responses((status = 200, description = "a completion, or (`stream: true`) server-sent events each carrying a ChatCompletionChunk, then `data: [DONE]`",
+                content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model"),
               (status = 429, description = "busy"), (status = 503, description = "loading or draining")))]
 pub async fn chat_completions(
@@ -56,7 +57,8 @@ pub async fn chat_completions(
 
 /// `POST /v1/completions`.
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
-    responses((status = 200, description = "a completion, or a stream of chunks", body = Completion),
+    responses((status = 200, description = "a completion, or (`stream: true`) server-sent events each carrying a Completion, then `data: [DONE]`",
+                content((Completion = "application/json"), (String = "text/event-stream"))),
               (status = 400, description = "invalid request"), (status = 404, description = "unknown model")))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
