@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Run tool plugins directly (for operators testing a sandbox).
+    Tool {
+        #[command(subcommand)]
+        command: ToolCommand,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Print the configuration reference (Markdown).
@@ -190,6 +195,24 @@ enum PluginCommand {
         /// The world (default: the fixture's `kind`).
         #[arg(long, value_parser = parse_kind)]
         kind: Option<PluginKind>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Invoke the policy's tool NAME once with --args, under its limits
+    /// and grants; prints the result JSON (exit 0) or why there is none
+    /// (exit 1: the tool refused, or the deadline, memory limit or a trap
+    /// stopped it).
+    Run {
+        /// The tool's plugin name in the policy.
+        name: String,
+        /// The arguments (JSON), e.g. '{"code": "1 + 1"}'.
+        #[arg(long = "args")]
+        arguments: String,
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -333,6 +356,17 @@ fn main() -> Result<()> {
         } => print!(
             "{}",
             palisade::plugins::devkit::run(&plugin, &fixture, kind)?
+        ),
+        Command::Tool {
+            command:
+                ToolCommand::Run {
+                    name,
+                    arguments,
+                    policy,
+                },
+        } => println!(
+            "{}",
+            palisade::plugins::tool::run(&policy, &name, &arguments)?
         ),
         Command::BenchPlugins {
             policy,

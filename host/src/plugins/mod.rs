@@ -7,11 +7,13 @@ pub mod check;
 pub mod counters;
 pub mod devkit;
 pub mod http;
+pub mod http_send;
 pub mod pipeline;
 pub mod policy;
 pub mod runtime;
 pub mod scaffold;
 pub mod state;
+pub mod tool;
 
 use std::path::Path;
 
