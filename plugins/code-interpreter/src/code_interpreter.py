@@ -162,6 +162,10 @@ def config_int(key: str, default: int) -> int:
 
 def format_error(e: BaseException) -> str:
     """`Type: message` and the innermost frames of user code."""
+    if isinstance(e, SyntaxError):
+        where = f" (line {e.lineno})" if e.lineno else ""
+        text = f"\n    {e.text.rstrip()}" if e.text else ""
+        return f"{type(e).__name__}: {e.msg}{where}{text}"
     head = "".join(traceback.format_exception_only(type(e), e)).rstrip()
     frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == "<code>"]
     lines = [f"  line {f.lineno}, in {f.name}" + (f": {f.line}" if f.line else "") for f in frames[-TRACEBACK_FRAMES:]]
