@@ -200,7 +200,7 @@ def test_fetch_refuses_before_connecting(binary, tmp_path, web, url, grant, expe
     before = len(web.hits)
     p, took = tool_run(binary, fetch_policy(tmp_path, [grant.format(port=port)]), "fetch", {"url": url.format(port=port)})
     assert p.returncode == 1, p.stdout
-    assert f"refused: {expect}" in p.stderr, p.stderr
+    assert "refused: " in p.stderr and expect in p.stderr, p.stderr
     assert "outgoing HTTP refused" in p.stderr, p.stderr
     assert len(web.hits) == before, "the server was contacted"
 

@@ -66,6 +66,20 @@ fn code(e: ErrorCode) -> HttpError {
     }
 }
 
+/// A failed body read the host described only in text: its response cap
+/// ("... body size exceeds limit: N bytes") becomes [`HttpError::TooLarge`].
+fn body_error(text: String) -> HttpError {
+    if text.contains("body size exceeds limit") {
+        let n = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|t| !t.is_empty())
+            .last()
+            .and_then(|t| t.parse().ok());
+        return HttpError::TooLarge(n);
+    }
+    HttpError::Failed(text)
+}
+
 /// One outgoing request.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
@@ -134,6 +148,14 @@ pub fn send(r: &Request<'_>) -> Result<Response, HttpError> {
             .append(k, v.as_bytes())
             .map_err(|_| HttpError::BadHeader(k.clone()))?;
     }
+    // A body goes with its length (not chunked): simple servers need it.
+    if let Some(b) = r.body
+        && !r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        fields
+            .append("content-length", b.len().to_string().as_bytes())
+            .map_err(|_| HttpError::BadHeader("content-length".into()))?;
+    }
     let req = OutgoingRequest::new(fields);
     let bad = |_| HttpError::BadUrl(url.into());
     req.set_method(&method(r.method)).map_err(bad)?;
@@ -194,7 +216,7 @@ pub fn send(r: &Request<'_>) -> Result<Response, HttpError> {
             Err(StreamError::LastOperationFailed(e)) => {
                 return Err(match wasip2::http::types::http_error_code(&e) {
                     Some(c) => code(c),
-                    None => HttpError::Failed(e.to_debug_string()),
+                    None => body_error(e.to_debug_string()),
                 });
             }
         }
