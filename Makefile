@@ -32,9 +32,12 @@ setup: toolchain model embedding-model venv plugins examples
 toolchain:
 	rustup target add wasm32-wasip2
 
-# The plugins workspace builds straight to WebAssembly components.
-plugins: toolchain
+# The plugins workspace builds straight to WebAssembly components; the
+# code-interpreter tool (Python, componentize-py from the venv) is written
+# next to them.
+plugins: toolchain venv
 	cd plugins && $(CARGO) build --release
+	PYTHON=$(abspath $(VENV))/bin/python plugins/code-interpreter/build.sh
 
 model:
 	scripts/fetch-model.sh
@@ -56,9 +59,9 @@ test-rust:
 # Each standard plugin: its pure logic natively, then the component against
 # its recorded cases through `palisade plugin test`.
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
-PLUGIN_FIXTURES := api-key-auth:api_key_auth rate-limit:rate_limit request-guard:request_guard $(if $(wildcard plugins/sensitive-data/tests/fixture.json),sensitive-data:sensitive_data)
+PLUGIN_FIXTURES := api-key-auth:api_key_auth rate-limit:rate_limit request-guard:request_guard code-interpreter:code_interpreter fetch:fetch $(if $(wildcard plugins/sensitive-data/tests/fixture.json),sensitive-data:sensitive_data)
 test-plugins: plugins
-	cd plugins && $(CARGO) test --target $(HOST_TARGET) -p request-guard $(if $(wildcard plugins/sensitive-data),-p sensitive-data)
+	cd plugins && $(CARGO) test --target $(HOST_TARGET) -p request-guard -p fetch $(if $(wildcard plugins/sensitive-data),-p sensitive-data)
 	$(CARGO) build --bin palisade
 	set -e; for p in $(PLUGIN_FIXTURES); do \
 	    ./target/debug/palisade plugin test plugins/target/wasm32-wasip2/release/$${p#*:}.wasm --fixture plugins/$${p%%:*}/tests/fixture.json; \

@@ -23,6 +23,7 @@ examples: toolchain venv
 test-examples: examples
 	cmp wit/plugin.wit $(EXAMPLE_RUST)/wit/plugin.wit  # the vendored contract is the current one
 	cmp plugins/sdk/src/lib.rs $(EXAMPLE_RUST)/vendor/palisade-plugin-sdk/src/lib.rs
+	cmp plugins/sdk/src/http.rs $(EXAMPLE_RUST)/vendor/palisade-plugin-sdk/src/http.rs
 	cd $(EXAMPLE_RUST) && $(CARGO) test --target $(HOST_TARGET) --target-dir target
 	$(CARGO) build --bin palisade
 	./target/debug/palisade plugin test $(EXAMPLE_RUST_WASM) --fixture $(EXAMPLE_RUST)/tests/fixture.json

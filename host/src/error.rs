@@ -39,6 +39,15 @@ pub enum HostError {
     /// A plugin could not be loaded.
     #[error("{0}")]
     Plugin(String),
+    /// A tool call (`palisade tool run`) did not produce a result: the tool
+    /// refused, or the sandbox stopped it (deadline, memory, trap).
+    #[error("tool `{tool}`: {message}")]
+    Tool {
+        /// The tool's name in the policy.
+        tool: String,
+        /// What happened.
+        message: String,
+    },
     /// The policy file is invalid.
     #[error("policy: {0}")]
     Policy(String),

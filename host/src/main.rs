@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Run tool plugins directly (for operators testing a sandbox).
+    Tool {
+        #[command(subcommand)]
+        command: ToolCommand,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Print every route the server registers, one `METHOD PATH` per line
@@ -284,6 +289,24 @@ enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Invoke the policy's tool NAME once with --args, under its limits
+    /// and grants; prints the result JSON (exit 0) or why there is none
+    /// (exit 1: the tool refused, or the deadline, memory limit or a trap
+    /// stopped it).
+    Run {
+        /// The tool's plugin name in the policy.
+        name: String,
+        /// The arguments (JSON), e.g. '{"code": "1 + 1"}'.
+        #[arg(long = "args")]
+        arguments: String,
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
 fn parse_kind(s: &str) -> Result<PluginKind, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| "one of authenticator, admission, output-filter, tool".to_string())
@@ -431,6 +454,17 @@ fn main() -> Result<()> {
         } => print!(
             "{}",
             palisade::plugins::devkit::run(&plugin, &fixture, kind)?
+        ),
+        Command::Tool {
+            command:
+                ToolCommand::Run {
+                    name,
+                    arguments,
+                    policy,
+                },
+        } => println!(
+            "{}",
+            palisade::plugins::tool::run(&policy, &name, &arguments)?
         ),
         Command::BenchPlugins {
             policy,

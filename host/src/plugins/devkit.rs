@@ -23,7 +23,9 @@
 //! `principal`, `client_addr`) and optionally `completion_tokens` to settle
 //! with; output-filter cases give `chunks` and may expect the released
 //! `text`; tool cases give `request` as the JSON arguments and may expect
-//! `ok` or `error` and the `text` returned. Cases run in order and share counters, so rate limits can be
+//! `ok`, `error` (the tool's error value) or `failure` (deadline, memory,
+//! trap: `code` names which) and the `text` returned; any case may ask
+//! that its output `contains` some text. Cases run in order and share counters, so rate limits can be
 //! tested across cases. Any unmet expectation makes the command fail.
 
 use std::collections::BTreeMap;
@@ -68,6 +70,8 @@ struct Case {
     code: Option<String>,
     principal: Option<String>,
     text: Option<String>,
+    /// Text the output (or, for a failure, its explanation) must contain.
+    contains: Option<String>,
 }
 
 /// What a case came to.
@@ -229,36 +233,21 @@ fn tool_case(
     arguments: &serde_json::Value,
 ) -> Result<Verdict, HostError> {
     let plugin = p.loaded(name).ok_or_else(|| err("the tool did not load"))?;
-    let (r, _) = super::runtime::timed(|| {
-        let (mut store, inst) = plugin.checkout()?;
-        let super::runtime::Instance::Tool(t) = inst else {
-            unreachable!("kind checked at load")
-        };
-        let d = t
-            .call_describe(&mut store)
-            .map_err(|e| plugin.classify(&store, e))?;
-        plugin.arm(&mut store);
-        let r = t
-            .call_invoke(&mut store, &arguments.to_string())
-            .map_err(|e| plugin.classify(&store, e));
-        plugin.dispose(store);
-        r.map(|r| (d, r))
-    });
     let mut v = Verdict::default();
-    match r {
-        Ok((d, Ok(out))) => {
-            v.verdict = "ok".into();
-            v.detail = format!("tool `{}`", d.name);
-            v.text = Some(out);
-        }
-        Ok((d, Err(e))) => {
-            v.verdict = "error".into();
-            v.detail = format!("tool `{}`", d.name);
-            v.text = Some(e);
+    match super::tool::call(plugin, &arguments.to_string()) {
+        Ok(c) => {
+            let (verdict, text) = match c.result {
+                Ok(out) => ("ok", out),
+                Err(e) => ("error", e),
+            };
+            v.verdict = verdict.into();
+            v.detail = format!("tool `{}`", c.description.name);
+            v.text = Some(text);
         }
         Err(f) => {
             v.verdict = "failure".into();
-            v.detail = f.to_string();
+            v.code = Some(f.kind.as_str().into());
+            v.detail = super::tool::explain(plugin, &f);
         }
     }
     Ok(v)
@@ -413,7 +402,16 @@ pub fn run(plugin: &Path, fixture: &Path, kind: Option<PluginKind>) -> Result<St
         want("code", case.code.clone(), v.code.clone());
         want("principal", case.principal.clone(), v.principal.clone());
         want("text", case.text.clone(), v.text.clone());
-        let checked = case.expect.is_some() || case.text.is_some() || case.status.is_some();
+        if let Some(c) = &case.contains {
+            let seen = format!("{} {}", v.text.as_deref().unwrap_or(""), v.detail);
+            if !seen.contains(c.as_str()) {
+                wrong.push(format!("expected the output to contain {c:?}"));
+            }
+        }
+        let checked = case.expect.is_some()
+            || case.text.is_some()
+            || case.status.is_some()
+            || case.contains.is_some();
         let mark = match (wrong.is_empty(), checked) {
             (false, _) => "FAIL",
             (true, true) => "pass",

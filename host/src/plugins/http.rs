@@ -4,13 +4,18 @@
 //! exactly those hosts (and ports). A host name must resolve to public
 //! addresses only: loopback, private, link-local (cloud metadata) and other
 //! non-routable addresses are refused unless the policy lists that address
-//! literally. Every request is bounded by the plugin's call deadline.
+//! literally. The name is resolved once, every address checked, and the
+//! connection made to a checked address ([`super::http_send`]), so a DNS
+//! answer that changes between check and connect (rebinding) cannot reach
+//! a private address. Redirects are never followed by the host (a plugin
+//! that follows one makes a new request, checked like the first). Every
+//! request is bounded by the plugin's call deadline, and response bodies by
+//! `limits.max_http_response_bytes`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -188,17 +193,37 @@ impl HttpGuard {
     }
 }
 
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
+type SendFuture = Box<dyn Future<Output = Result<super::http_send::Sent, HttpError>> + Send>;
+
+/// The addresses a request to `host:port` may connect to: the literal
+/// address itself when the URI names one, otherwise every address the name
+/// resolves to (looked up once, here), all of which must be public unless
+/// `listed_literal` (the policy names this very address). The connection
+/// then goes to one of exactly these addresses.
+pub async fn checked_addrs(
+    host: &str,
+    port: u16,
+    listed_literal: bool,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, HttpError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| HttpError::DnsTimeout)?
+            .map_err(|_| HttpError::DestinationNotFound)?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(HttpError::DestinationNotFound);
+    }
+    if !listed_literal && let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+        tracing::warn!(%host, addr = %a.ip(), "outgoing HTTP refused before connecting: the destination is a non-public address");
+        return Err(HttpError::DestinationIpProhibited);
+    }
+    Ok(addrs)
+}
 
 impl WasiHttpHooks for HttpGuard {
     fn send_request(
@@ -211,40 +236,29 @@ impl WasiHttpHooks for HttpGuard {
         let admitted = self
             .admit(request.uri())
             .map(|(h, port, p)| (h, port, p.literal.is_some()));
-        let (deadline, plugin) = (self.info.deadline, self.info.name.clone());
+        let tls = request.uri().scheme_str() != Some("http");
+        let info = self.info.clone();
         Box::new(async move {
             let (host, port, literal) = admitted?;
-            if !literal {
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let addrs: Vec<SocketAddr> =
-                    tokio::time::timeout(deadline, tokio::net::lookup_host((host, port)))
-                        .await
-                        .map_err(|_| HttpError::DnsTimeout)?
-                        .map_err(|_| HttpError::DestinationNotFound)?
-                        .collect();
-                if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
-                    tracing::warn!(%plugin, %host, addr = %a.ip(), "outgoing HTTP refused: the name resolves to a non-public address");
-                    return Err(HttpError::DestinationIpProhibited);
-                }
-            }
-            let cap = |t: Option<Duration>| Some(t.map_or(deadline, |t| t.min(deadline)));
+            let deadline = info.deadline;
+            let until = tokio::time::Instant::now() + deadline;
+            let addrs = checked_addrs(&host, port, literal, deadline).await.inspect_err(|_| {
+                tracing::warn!(plugin = %info.name, %host, port, "outgoing HTTP refused");
+            })?;
             let o = options.unwrap_or_default();
-            let options = RequestOptions {
-                connect_timeout: cap(o.connect_timeout),
-                first_byte_timeout: cap(o.first_byte_timeout),
-                between_bytes_timeout: cap(o.between_bytes_timeout),
+            let step_timeout = [o.connect_timeout, o.first_byte_timeout, o.between_bytes_timeout]
+                .into_iter()
+                .flatten()
+                .fold(deadline, Duration::min);
+            let target = super::http_send::Target {
+                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                addrs,
+                tls,
+                step_timeout,
+                deadline: until,
+                max_body: info.max_http_response_bytes,
             };
-            let sent = tokio::time::timeout(
-                deadline,
-                wasmtime_wasi_http::default_send_request(request, Some(options)),
-            )
-            .await
-            .map_err(|_| HttpError::ConnectionTimeout)??;
-            let (res, io) = sent;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            super::http_send::send(request, target).await
         })
     }
 }
@@ -281,6 +295,34 @@ mod tests {
             assert!(HostPattern::try_from(bad.to_string()).is_err(), "{bad}");
         }
         assert_eq!(String::from(pat("*.Example.com:81")), "*.example.com:81");
+    }
+
+    fn block<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn only_checked_addresses_are_returned() {
+        let t = Duration::from_secs(5);
+        // A name resolving to loopback is refused unless the address is listed.
+        let e = block(checked_addrs("localhost", 80, false, t)).unwrap_err();
+        assert!(matches!(e, HttpError::DestinationIpProhibited), "{e:?}");
+        for ip in ["10.0.0.1", "169.254.169.254", "[::1]", "100.64.0.1"] {
+            let e = block(checked_addrs(ip, 80, false, t)).unwrap_err();
+            assert!(matches!(e, HttpError::DestinationIpProhibited), "{ip}: {e:?}");
+        }
+        // A listed literal address is exactly what will be connected to.
+        let a = block(checked_addrs("127.0.0.1", 9000, true, t)).unwrap();
+        assert_eq!(a, vec!["127.0.0.1:9000".parse::<SocketAddr>().unwrap()]);
+        let a = block(checked_addrs("[::1]", 9000, true, t)).unwrap();
+        assert_eq!(a, vec!["[::1]:9000".parse::<SocketAddr>().unwrap()]);
+        // A public literal needs no lookup and passes.
+        let a = block(checked_addrs("1.1.1.1", 443, false, t)).unwrap();
+        assert_eq!(a, vec!["1.1.1.1:443".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]

@@ -7,12 +7,14 @@ pub mod check;
 pub mod counters;
 pub mod devkit;
 pub mod http;
+pub mod http_send;
 pub mod pipeline;
 pub mod policy;
 pub mod redis_counters;
 pub mod runtime;
 pub mod scaffold;
 pub mod state;
+pub mod tool;
 
 use sha2::{Digest, Sha256};
 

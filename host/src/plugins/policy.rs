@@ -209,7 +209,14 @@ pub struct Limits {
     pub deadline_ms: u64,
     /// Instruction fuel per call (0: no fuel metering, deadline only).
     pub fuel: u64,
+    /// Most bytes of one outgoing HTTP response body (`grants.http`); a
+    /// longer body fails with `HTTP-response-body-size` once it passes
+    /// this, without reading the rest.
+    pub max_http_response_bytes: u64,
 }
+
+/// Default of [`Limits::max_http_response_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_HTTP_RESPONSE_BYTES: u64 = 8 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -217,6 +224,7 @@ impl Default for Limits {
             memory_mb: 64,
             deadline_ms: 50,
             fuel: 0,
+            max_http_response_bytes: DEFAULT_MAX_HTTP_RESPONSE_BYTES,
         }
     }
 }
@@ -338,9 +346,10 @@ impl Policy {
                 || l.memory_mb > 4096
                 || l.deadline_ms == 0
                 || l.deadline_ms > 60_000
+                || l.max_http_response_bytes == 0
             {
                 return bad(format!(
-                    "plugin `{name}`: limits out of range (memory_mb 1..=4096, deadline_ms 1..=60000)"
+                    "plugin `{name}`: limits out of range (memory_mb 1..=4096, deadline_ms 1..=60000, max_http_response_bytes at least 1)"
                 ));
             }
         }

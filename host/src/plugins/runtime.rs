@@ -350,6 +350,7 @@ impl Runtime {
             config: spec.effective_config(name)?,
             grants: spec.grants.clone(),
             deadline: Duration::from_millis(spec.limits.deadline_ms),
+            max_http_response_bytes: spec.limits.max_http_response_bytes,
             counters,
         });
         let p = Arc::new(LoadedPlugin {

@@ -33,6 +33,8 @@ pub struct PluginInfo {
     pub counters: Arc<dyn CounterStore>,
     /// Its per-call deadline (bounds each outgoing HTTP request).
     pub deadline: Duration,
+    /// Most bytes of one outgoing HTTP response body.
+    pub max_http_response_bytes: u64,
 }
 
 /// The data of one store (one plugin instance).
