@@ -98,6 +98,10 @@ fn add_errors(path: &str, op: &mut Operation) {
     }
     if op.request_body.is_some() {
         errors.extend(BODY_ERRORS);
+        if !path.starts_with("/admin/") {
+            // Every public body route names a model.
+            errors.push(("404", "`model` names no model this server serves"));
+        }
     }
     for (status, description) in errors {
         op.responses
