@@ -105,6 +105,9 @@ pub enum EngineError {
         /// Allowed range and the value given.
         message: String,
     },
+    /// A constraint's JSON schema or grammar cannot be compiled.
+    #[error("invalid constraint: {0}")]
+    InvalidConstraint(String),
     /// The sequence needs more KV cache than the whole cache holds.
     #[error(
         "prompt of {prompt} tokens plus max_tokens {max_tokens} needs {needed} KV cache positions; the cache holds {capacity} (raise --kv-cache-bytes or lower max_tokens)"

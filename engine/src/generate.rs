@@ -3,6 +3,7 @@
 //! sequence's tokens for callers that run a single sequence.
 
 use crate::Engine;
+use crate::constraint::{Constraint, TokenConstraint};
 use crate::error::{EngineError, Result};
 use crate::kv::BLOCK_SIZE;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
@@ -26,8 +27,11 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Extra stop token ids (besides the model's end-of-generation tokens).
     pub stop_token_ids: Vec<u32>,
-    /// Keep generating past the model's end-of-generation tokens.
+    /// Keep generating past the model's end-of-generation tokens (ignored
+    /// under a constraint, which ends when its grammar is complete).
     pub ignore_eos: bool,
+    /// A grammar the output must match.
+    pub constraint: Option<Constraint>,
 }
 
 /// Why generation ended.
@@ -71,6 +75,7 @@ pub(crate) struct Decoder {
     ignore_eos: bool,
     max_tokens: usize,
     generated: usize,
+    constraint: Option<TokenConstraint>,
 }
 
 impl Decoder {
@@ -104,7 +109,12 @@ impl Decoder {
                 context,
             });
         }
+        let constraint = match &req.constraint {
+            Some(c) => Some(TokenConstraint::new(engine.parser_factory()?, c)?),
+            None => None,
+        };
         Ok(Decoder {
+            constraint,
             sampler: Sampler::new(req.sampling.clone(), &req.prompt),
             text: TextStream::default(),
             stops: StopStrings::new(req.stop.clone()),
@@ -117,10 +127,21 @@ impl Decoder {
 
     /// Samples the next token from `logits` (modified in place).
     pub(crate) fn accept(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Step {
+        let ignore_eos = self.ignore_eos && self.constraint.is_none();
+        if let Some(c) = &mut self.constraint {
+            let mut stops = tok.stop_ids.clone();
+            stops.extend_from_slice(&self.stop_token_ids);
+            c.mask(logits, &stops);
+        }
         let sampled = self.sampler.sample(logits);
         self.generated += 1;
-        let is_stop_token = (!self.ignore_eos && tok.stop_ids.contains(&sampled.token))
+        let is_stop_token = (!ignore_eos && tok.stop_ids.contains(&sampled.token))
             || self.stop_token_ids.contains(&sampled.token);
+        let grammar_done = !is_stop_token
+            && self
+                .constraint
+                .as_mut()
+                .is_some_and(|c| c.advance(sampled.token));
         let mut finish = None;
         let mut text;
         if is_stop_token {
@@ -134,6 +155,10 @@ impl Decoder {
                     text = t;
                     finish = Some(FinishReason::Stop);
                 }
+            }
+            if finish.is_none() && grammar_done {
+                finish = Some(FinishReason::Stop);
+                text.push_str(&self.flush());
             }
             if finish.is_none() && self.generated >= self.max_tokens {
                 finish = Some(FinishReason::Length);

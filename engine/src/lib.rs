@@ -18,6 +18,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod constraint;
 pub mod embed;
 pub mod error;
 pub mod generate;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 pub use chat::ChatTemplate;
 pub use config::ModelConfig;
+pub use constraint::Constraint;
 pub use embed::EmbeddingModel;
 pub use error::{EngineError, Result};
 pub use generate::{FinishReason, GenerateRequest, Generation, Step};
@@ -69,6 +71,8 @@ pub struct Engine {
     pool: ThreadPool,
     max_context: usize,
     name: String,
+    /// Built on the first constrained request.
+    grammar: std::sync::OnceLock<std::result::Result<llguidance::ParserFactory, String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,12 +141,25 @@ impl Engine {
             pool: ThreadPool::new(opts.threads),
             max_context,
             name,
+            grammar: std::sync::OnceLock::new(),
         })
     }
 
     /// Starts generating; iterate the result for tokens.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation<'_>> {
         Generation::new(self, req)
+    }
+
+    /// The grammar parser factory (token trie over this tokenizer), built
+    /// once on first use.
+    pub(crate) fn parser_factory(&self) -> Result<&llguidance::ParserFactory> {
+        self.grammar
+            .get_or_init(|| {
+                constraint::parser_factory(&self.tokenizer, self.model.config.vocab)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Tokenizer(e.clone()))
     }
 
     /// The tokenizer.

@@ -247,6 +247,7 @@ fn same_error(e: &EngineError) -> EngineError {
             needed,
             capacity,
         },
+        EngineError::InvalidConstraint(m) => EngineError::InvalidConstraint(m.clone()),
         other => EngineError::Batch(other.to_string()),
     }
 }

@@ -238,6 +238,10 @@ impl From<EngineError> for ApiError {
                     param: Some("messages".into()),
                 }
             }
+            EngineError::InvalidConstraint(m) => ApiError::BadRequest {
+                message: format!("invalid `response_format.json_schema.schema`: {m}"),
+                param: Some("response_format.json_schema.schema".into()),
+            },
             EngineError::Template(m) => ApiError::BadRequest {
                 message: format!("the chat template refused the messages: {m}"),
                 param: Some("messages".into()),

@@ -125,9 +125,39 @@ pub struct ChatCompletionRequest {
     /// Not supported yet (tool calling).
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<serde_json::Value>,
-    /// Not supported yet (structured output).
+    /// Structured output: plain text, any JSON object, or JSON matching a
+    /// schema (generation is constrained to it).
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching `json_schema.schema`.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// Name of the format (letters, digits, `_` and `-`, at most 64).
+    pub name: String,
+    /// What the format is for.
+    pub description: Option<String>,
+    /// The JSON schema (an object); absent means any JSON.
     #[schema(value_type = Option<Object>)]
-    pub response_format: Option<serde_json::Value>,
+    pub schema: Option<serde_json::Value>,
+    /// Accepted for compatibility: output always follows the schema.
+    pub strict: Option<bool>,
 }
 
 /// `prompt` of a completion: text, texts, token ids, or lists of ids.

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use palisade_engine::{Engine, GenerateRequest, SamplingParams};
+use palisade_engine::{Constraint, Engine, GenerateRequest, SamplingParams};
 
 use crate::api::error::ApiError;
 use crate::api::types::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, Content, ContentPart, PromptInput, Role,
-    StopSpec,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, Content, ContentPart, PromptInput,
+    ResponseFormat, Role, StopSpec,
 };
 use crate::config::LimitsSection;
 
@@ -39,6 +39,8 @@ pub struct ValidGeneration {
     pub echo: bool,
     /// The chat messages as the template saw them (chat only).
     pub messages: Vec<serde_json::Value>,
+    /// The grammar the output must follow (`response_format`).
+    pub constraint: Option<Constraint>,
 }
 
 impl ValidGeneration {
@@ -53,6 +55,7 @@ impl ValidGeneration {
             max_tokens: self.max_tokens,
             sampling,
             stop: self.stop.clone(),
+            constraint: self.constraint.clone(),
             ..Default::default()
         }
     }
@@ -213,6 +216,7 @@ fn finish(
         include_usage,
         echo,
         messages: vec![],
+        constraint: None,
     })
 }
 
@@ -313,6 +317,38 @@ pub fn apply_rewrite(
     Ok(())
 }
 
+/// The constraint `response_format` asks for.
+fn response_format(f: Option<ResponseFormat>) -> Result<Option<Constraint>, ApiError> {
+    let Some(ResponseFormat::JsonSchema { json_schema: f }) = f else {
+        return Ok(match f {
+            Some(ResponseFormat::JsonObject) => Some(Constraint::JsonObject),
+            _ => None,
+        });
+    };
+    let name_ok = !f.name.is_empty()
+        && f.name.len() <= 64
+        && f.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err(ApiError::bad(
+            "response_format.json_schema.name",
+            format!(
+                "must be 1 to 64 letters, digits, `_` or `-`, got {:?}",
+                f.name
+            ),
+        ));
+    }
+    match f.schema {
+        None => Ok(Some(Constraint::JsonSchema(serde_json::json!({})))),
+        Some(s) if s.is_object() => Ok(Some(Constraint::JsonSchema(s))),
+        Some(s) => Err(ApiError::bad(
+            "response_format.json_schema.schema",
+            format!("must be a JSON schema object, got {s}"),
+        )),
+    }
+}
+
 /// Validates a chat completion request.
 pub fn chat(
     engine: &Engine,
@@ -322,7 +358,6 @@ pub fn chat(
     for (field, present) in [
         ("tools", r.tools.is_some()),
         ("tool_choice", r.tool_choice.is_some()),
-        ("response_format", r.response_format.is_some()),
     ] {
         if present {
             return Err(ApiError::bad(
@@ -378,6 +413,7 @@ pub fn chat(
         false,
     )?;
     v.messages = messages;
+    v.constraint = response_format(r.response_format)?;
     Ok(v)
 }
 
