@@ -154,7 +154,7 @@ class Load:
             self.failures.append(("stream", f"stream did not end with [DONE]: {res[1][-200:]!r}"))
 
     async def do_unauth(self, r, w):
-        await self.simple("unauth", r, w, request("GET", self.rng.choice(self.unauth_paths)), {401})
+        await self.simple("unauth", r, w, request("GET", self.rng.choice(self.unauth_paths)), {401, 503})
 
     async def do_slow_ok(self, r, w):
         """Headers and body in small pieces, well inside the timeouts: served."""
