@@ -212,7 +212,7 @@ def web():
     (None, 403, "HTTP request denied by the host's policy"),
     ("127.0.0.1:{port}", 418, "status 200: hello"),
     ("127.0.0.1:1", 403, "HTTP request denied by the host's policy"),
-    ("localhost:{port}", 403, "DestinationIpProhibited"),
+    ("localhost:{port}", 403, "the destination is a loopback, private or link-local address"),
 ])
 def test_outgoing_http_goes_through_the_allow_list(binary, tmp_path, web, grant, status, expect):
     grants = {"http": [grant.format(port=web)]} if grant else None

@@ -64,6 +64,9 @@ def test_mutual_tls(binary, pki):
 def test_bad_tls_files_are_a_clear_startup_error(binary, tmp_path):
     bogus = tmp_path / "cert.pem"
     bogus.write_text("not a certificate")
-    p = subprocess.run([str(binary), "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(bogus), "--tls-key", str(bogus)],
+    policy = tmp_path / "open.toml"
+    policy.write_text('[[routes]]\npath = "*"\npublic = true\n')
+    p = subprocess.run([str(binary), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--policy", str(policy),
+                        "--tls-cert", str(bogus), "--tls-key", str(bogus)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and "cert.pem" in p.stderr
