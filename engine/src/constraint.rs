@@ -81,7 +81,9 @@ pub(crate) fn parser_factory(tok: &Tokenizer, vocab: usize) -> Result<ParserFact
     let eos = tok
         .eos
         .or_else(|| tok.stop_ids.first().copied())
-        .ok_or_else(|| EngineError::Tokenizer("no end-of-sequence token to end a grammar".into()))?;
+        .ok_or_else(|| {
+            EngineError::Tokenizer("no end-of-sequence token to end a grammar".into())
+        })?;
     let words: Vec<Vec<u8>> = (0..vocab as u32)
         .map(|id| {
             if id as usize >= tok.vocab_size() {
@@ -289,7 +291,8 @@ mod tests {
         for seed in 0..3 {
             let (text, fin) = run(&e, Constraint::JsonObject, 1.0, seed);
             if fin == FinishReason::Stop {
-                let v: Value = serde_json::from_str(&text).unwrap_or_else(|m| panic!("{m}: {text}"));
+                let v: Value =
+                    serde_json::from_str(&text).unwrap_or_else(|m| panic!("{m}: {text}"));
                 assert!(v.is_object(), "{text}");
             } else {
                 // Unbounded content may run to max_tokens; it still starts an object.

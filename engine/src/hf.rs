@@ -114,7 +114,14 @@ pub fn read_shard(file: Arc<MappedFile>) -> Result<Vec<(String, TensorRef)>> {
                     format!("tensor `{name}`: data offsets {start}..{end} are invalid"),
                 )
             })?;
-        let t = TensorRef::new(name.clone(), ty, info.shape.clone(), file.clone(), range.1, range.0)?;
+        let t = TensorRef::new(
+            name.clone(),
+            ty,
+            info.shape.clone(),
+            file.clone(),
+            range.1,
+            range.0,
+        )?;
         out.push((name, t));
     }
     Ok(out)

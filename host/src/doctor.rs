@@ -74,7 +74,12 @@ pub fn run_flags(flags: &ServeFlags) -> Vec<Check> {
 
 /// Every check, in a fixed order.
 pub fn run(cfg: &ServeConfig) -> Vec<Check> {
-    let mut out = vec![listen(cfg), tls(cfg), model(cfg), manifest(cfg, Status::Warn)];
+    let mut out = vec![
+        listen(cfg),
+        tls(cfg),
+        model(cfg),
+        manifest(cfg, Status::Warn),
+    ];
     out.push(embedding_model(cfg));
     let policy = crate::serve::policy_from_config(cfg);
     match &policy {
@@ -151,7 +156,11 @@ pub fn json(checks: &[Check]) -> String {
 fn listen(cfg: &ServeConfig) -> Check {
     let addr = cfg.server.listen;
     if addr.port() == 0 {
-        return Check::new("listen", Status::Ok, format!("{addr}: port 0, any free port"));
+        return Check::new(
+            "listen",
+            Status::Ok,
+            format!("{addr}: port 0, any free port"),
+        );
     }
     Check::of(
         "listen",
@@ -190,7 +199,10 @@ fn model(cfg: &ServeConfig) -> Check {
                 });
             }
             palisade_engine::hf::SafetensorsDir::open(&path)?;
-            Ok(format!("{}: Hugging Face directory (safetensors)", path.display()))
+            Ok(format!(
+                "{}: Hugging Face directory (safetensors)",
+                path.display()
+            ))
         } else {
             palisade_engine::hf::refuse_pickle(&path)?;
             palisade_engine::gguf::GgufFile::open(&path)?;
@@ -377,8 +389,23 @@ fn cpu_features() -> Check {
         };
     }
     let all = features!(
-        "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi1",
-        "bmi2", "lzcnt", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi1",
+        "bmi2",
+        "lzcnt",
+        "avx512f",
+        "avx512bw",
+        "avx512dq",
+        "avx512vl",
+        "avx512vnni"
     );
     let built: Vec<&str> = all.iter().filter(|f| f.1).map(|f| f.0).collect();
     let lacking: Vec<&str> = all.iter().filter(|f| f.1 && !f.2).map(|f| f.0).collect();
@@ -388,7 +415,11 @@ fn cpu_features() -> Check {
             Status::Ok,
             format!(
                 "built for {}; this CPU has them all (run-time kernels: {})",
-                if built.is_empty() { "baseline x86-64".to_string() } else { built.join(" ") },
+                if built.is_empty() {
+                    "baseline x86-64".to_string()
+                } else {
+                    built.join(" ")
+                },
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     "avx2"
                 } else {
@@ -445,7 +476,10 @@ mod tests {
         ];
         let h = human(&checks);
         assert!(h.starts_with("ok    listen"), "{h}");
-        assert!(h.contains("FAIL  plugin a") && h.contains("warn  model manifest"), "{h}");
+        assert!(
+            h.contains("FAIL  plugin a") && h.contains("warn  model manifest"),
+            "{h}"
+        );
         assert!(h.ends_with("3 checks: 1 failed, 1 warnings\n"), "{h}");
         let j: serde_json::Value = serde_json::from_str(&json(&checks)).unwrap();
         assert_eq!(j[1]["status"], "fail");

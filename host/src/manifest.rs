@@ -117,7 +117,10 @@ fn walk(
     out: &mut BTreeMap<String, PathBuf>,
 ) -> Result<(), HostError> {
     if depth > MAX_DEPTH {
-        return Err(io_err(dir, format!("nested deeper than {MAX_DEPTH} levels")));
+        return Err(io_err(
+            dir,
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let path = entry.map_err(|e| io_err(dir, e))?.path();
@@ -179,7 +182,9 @@ impl Manifest {
         for f in &m.files {
             if f.path.is_empty()
                 || f.path.starts_with('/')
-                || f.path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                || f.path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
             {
                 return Err(bad(format!("`{}` is not a plain relative path", f.path)));
             }
@@ -220,7 +225,9 @@ impl Manifest {
                 problems.push(format!("missing: {}", f.path));
                 continue;
             };
-            let size = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?.len();
+            let size = std::fs::metadata(&path)
+                .map_err(|e| io_err(&path, e))?
+                .len();
             if size != f.size {
                 problems.push(format!(
                     "mismatched: {} is {size} bytes, the manifest says {}",
@@ -236,7 +243,10 @@ impl Manifest {
                 ));
             }
         }
-        problems.extend(disk.into_keys().map(|p| format!("extra: {p} (not in the manifest)")));
+        problems.extend(
+            disk.into_keys()
+                .map(|p| format!("extra: {p} (not in the manifest)")),
+        );
         Ok(problems)
     }
 }
@@ -304,11 +314,17 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         let (h, n) = hash_file(&p).unwrap();
         assert_eq!(n, 3);
-        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            h,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         // Larger than the buffer: same digest as hashing it whole.
         let big = vec![1u8; HASH_BUFFER * 2 + 17];
         std::fs::write(&p, &big).unwrap();
-        assert_eq!(hash_file(&p).unwrap(), (crate::plugins::sha256_hex(&big), big.len() as u64));
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            (crate::plugins::sha256_hex(&big), big.len() as u64)
+        );
     }
 
     #[test]
@@ -360,17 +376,30 @@ mod tests {
         let p = t.path().join("m.json");
         let sha = "0".repeat(64);
         for (body, want) in [
-            (format!(r#"{{"format":"x","version":1,"files":[]}}"#), "format is `x`"),
-            (format!(r#"{{"format":"{FORMAT}","version":9,"files":[]}}"#), "version 9"),
             (
-                format!(r#"{{"format":"{FORMAT}","version":1,"files":[{{"path":"../etc/passwd","size":1,"sha256":"{sha}"}}]}}"#),
+                format!(r#"{{"format":"x","version":1,"files":[]}}"#),
+                "format is `x`",
+            ),
+            (
+                format!(r#"{{"format":"{FORMAT}","version":9,"files":[]}}"#),
+                "version 9",
+            ),
+            (
+                format!(
+                    r#"{{"format":"{FORMAT}","version":1,"files":[{{"path":"../etc/passwd","size":1,"sha256":"{sha}"}}]}}"#
+                ),
                 "plain relative path",
             ),
             (
-                format!(r#"{{"format":"{FORMAT}","version":1,"files":[{{"path":"a","size":1,"sha256":"xyz"}}]}}"#),
+                format!(
+                    r#"{{"format":"{FORMAT}","version":1,"files":[{{"path":"a","size":1,"sha256":"xyz"}}]}}"#
+                ),
                 "64 hex digits",
             ),
-            (format!(r#"{{"format":"{FORMAT}","version":1,"files":[],"extra":1}}"#), "extra"),
+            (
+                format!(r#"{{"format":"{FORMAT}","version":1,"files":[],"extra":1}}"#),
+                "extra",
+            ),
         ] {
             std::fs::write(&p, body).unwrap();
             let e = Manifest::load(&p).unwrap_err().to_string();

@@ -76,14 +76,26 @@ const PUBLIC: &[&str] = &["/health"];
 /// Error responses every guarded operation can give, whatever its handler.
 const GUARDED_ERRORS: &[(&str, &str)] = &[
     ("401", "no API key, or an invalid or expired one"),
-    ("403", "the key lacks the route's scope, or a policy stage denied the request"),
-    ("429", "rate limited, or every generation slot is busy (see `retry-after`)"),
-    ("503", "the model is loading, the server is draining, or a policy stage failed"),
+    (
+        "403",
+        "the key lacks the route's scope, or a policy stage denied the request",
+    ),
+    (
+        "429",
+        "rate limited, or every generation slot is busy (see `retry-after`)",
+    ),
+    (
+        "503",
+        "the model is loading, the server is draining, or a policy stage failed",
+    ),
 ];
 
 /// Error responses of operations that take a JSON body.
 const BODY_ERRORS: &[(&str, &str)] = &[
-    ("400", "malformed JSON, an unknown or wrong-typed field, or a value out of range"),
+    (
+        "400",
+        "malformed JSON, an unknown or wrong-typed field, or a value out of range",
+    ),
     ("408", "the request body was not received in time"),
     ("413", "the request body exceeds the configured limit"),
 ];
@@ -184,7 +196,11 @@ mod tests {
                     assert!(responses.contains_key(s), "{method} {path} lacks {s}");
                 }
             } else {
-                assert_eq!(op["security"], serde_json::json!([{}]), "/health needs no key");
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{}]),
+                    "/health needs no key"
+                );
             }
         }
     }

@@ -145,13 +145,21 @@ mod tests {
         assert!(judge(p, true, 1000, 0o40755, 1000).is_ok());
         assert!(judge(p, false, 1000, 0o100644, 1000).is_ok());
         let e = judge(p, true, 1000, 0o40777, 1000).unwrap_err().to_string();
-        assert!(e.contains("group and others") && e.contains("chmod 700 /srv/cache"), "{e}");
+        assert!(
+            e.contains("group and others") && e.contains("chmod 700 /srv/cache"),
+            "{e}"
+        );
         let e = judge(p, true, 1000, 0o40770, 1000).unwrap_err().to_string();
         assert!(e.contains("its group") && e.contains("(mode 770)"), "{e}");
-        let e = judge(p, false, 1000, 0o100666, 1000).unwrap_err().to_string();
+        let e = judge(p, false, 1000, 0o100666, 1000)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("chmod 600 /srv/cache"), "{e}");
         let e = judge(p, false, 0, 0o100600, 1000).unwrap_err().to_string();
-        assert!(e.contains("owned by uid 0") && e.contains("chown 1000 /srv/cache"), "{e}");
+        assert!(
+            e.contains("owned by uid 0") && e.contains("chown 1000 /srv/cache"),
+            "{e}"
+        );
         // Root is no exception: a file another user owns is theirs to change.
         assert!(judge(p, false, 1000, 0o100600, 0).is_err());
     }
@@ -175,7 +183,12 @@ mod tests {
         // A file where a directory is expected.
         let f = t.path().join("f");
         std::fs::write(&f, b"x").unwrap();
-        assert!(check_dir(&f).unwrap_err().to_string().contains("not a directory"));
+        assert!(
+            check_dir(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
     }
 
     #[test]
@@ -183,17 +196,26 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         chmod(t.path(), 0o700);
         let f = t.path().join("keys.json");
-        assert!(!check_file_and_dir(&f).unwrap(), "a missing file is not an error");
+        assert!(
+            !check_file_and_dir(&f).unwrap(),
+            "a missing file is not an error"
+        );
         std::fs::write(&f, b"{}").unwrap();
         chmod(&f, 0o600);
         assert!(check_file_and_dir(&f).unwrap());
         chmod(&f, 0o646);
         let e = check_file(&f).unwrap_err().to_string();
-        assert!(e.contains("writable by others") && e.contains(&format!("chmod 600 {}", f.display())), "{e}");
+        assert!(
+            e.contains("writable by others") && e.contains(&format!("chmod 600 {}", f.display())),
+            "{e}"
+        );
         chmod(&f, 0o600);
         chmod(t.path(), 0o777);
         let e = check_file_and_dir(&f).unwrap_err().to_string();
-        assert!(e.contains(&format!("chmod 700 {}", t.path().display())), "{e}");
+        assert!(
+            e.contains(&format!("chmod 700 {}", t.path().display())),
+            "{e}"
+        );
         chmod(t.path(), 0o700);
     }
 
@@ -208,7 +230,10 @@ mod tests {
         // pure verdict above covers it.
         if std::os::unix::fs::chown(&f, Some(other), None).is_ok() {
             let e = check_dir(&f).unwrap_err().to_string();
-            assert!(e.contains(&format!("owned by uid {other}")) && e.contains("chown"), "{e}");
+            assert!(
+                e.contains(&format!("owned by uid {other}")) && e.contains("chown"),
+                "{e}"
+            );
         } else {
             assert_ne!(euid(), 0, "root could not chown");
         }

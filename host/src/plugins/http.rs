@@ -242,16 +242,25 @@ impl WasiHttpHooks for HttpGuard {
             let (host, port, literal) = admitted?;
             let deadline = info.deadline;
             let until = tokio::time::Instant::now() + deadline;
-            let addrs = checked_addrs(&host, port, literal, deadline).await.inspect_err(|_| {
-                tracing::warn!(plugin = %info.name, %host, port, "outgoing HTTP refused");
-            })?;
+            let addrs = checked_addrs(&host, port, literal, deadline)
+                .await
+                .inspect_err(|_| {
+                    tracing::warn!(plugin = %info.name, %host, port, "outgoing HTTP refused");
+                })?;
             let o = options.unwrap_or_default();
-            let step_timeout = [o.connect_timeout, o.first_byte_timeout, o.between_bytes_timeout]
-                .into_iter()
-                .flatten()
-                .fold(deadline, Duration::min);
+            let step_timeout = [
+                o.connect_timeout,
+                o.first_byte_timeout,
+                o.between_bytes_timeout,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Duration::min);
             let target = super::http_send::Target {
-                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
                 addrs,
                 tls,
                 step_timeout,
@@ -313,7 +322,10 @@ mod tests {
         assert!(matches!(e, HttpError::DestinationIpProhibited), "{e:?}");
         for ip in ["10.0.0.1", "169.254.169.254", "[::1]", "100.64.0.1"] {
             let e = block(checked_addrs(ip, 80, false, t)).unwrap_err();
-            assert!(matches!(e, HttpError::DestinationIpProhibited), "{ip}: {e:?}");
+            assert!(
+                matches!(e, HttpError::DestinationIpProhibited),
+                "{ip}: {e:?}"
+            );
         }
         // A listed literal address is exactly what will be connected to.
         let a = block(checked_addrs("127.0.0.1", 9000, true, t)).unwrap();

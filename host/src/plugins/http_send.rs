@@ -207,9 +207,7 @@ impl Body for CappedBody {
                         )))));
                     }
                 }
-                this.idle
-                    .as_mut()
-                    .reset(Instant::now() + this.gap);
+                this.idle.as_mut().reset(Instant::now() + this.gap);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => match this.idle.as_mut().poll(cx) {

@@ -33,9 +33,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// file and both digests (the runtime loads through this, and
 /// `palisade doctor` and the start-up checks use it too).
 pub fn read_pinned(name: &str, spec: &policy::PluginSpec) -> Result<Vec<u8>, HostError> {
-    let bytes = std::fs::read(&spec.path).map_err(|e| {
-        HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
-    })?;
+    let bytes = std::fs::read(&spec.path)
+        .map_err(|e| HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display())))?;
     let digest = sha256_hex(&bytes);
     if !digest.eq_ignore_ascii_case(&spec.sha256) {
         return Err(HostError::Plugin(format!(

@@ -135,9 +135,7 @@ pub fn run(file: &Path, name: &str, arguments: &str) -> Result<String, HostError
         Ok(ToolCall {
             result: Ok(out), ..
         }) => Ok(out),
-        Ok(ToolCall {
-            result: Err(e), ..
-        }) => Err(err(format!("refused: {e}"))),
+        Ok(ToolCall { result: Err(e), .. }) => Err(err(format!("refused: {e}"))),
         Err(f) => Err(err(explain(plugin, &f))),
     }
 }

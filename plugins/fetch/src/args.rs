@@ -48,7 +48,10 @@ impl Args {
             return Err(format!("body larger than {MAX_REQUEST_BODY} bytes"));
         }
         if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
-            return Err(format!("url must start with http:// or https://, not `{}`", a.url));
+            return Err(format!(
+                "url must start with http:// or https://, not `{}`",
+                a.url
+            ));
         }
         Ok(a)
     }
@@ -67,9 +70,14 @@ pub struct Config {
 
 impl Config {
     /// From config values (`None`: not set).
-    pub fn from_values(max_body: Option<&str>, max_redirects: Option<&str>) -> Result<Self, String> {
+    pub fn from_values(
+        max_body: Option<&str>,
+        max_redirects: Option<&str>,
+    ) -> Result<Self, String> {
         let num = |k: &str, v: &str| -> Result<u64, String> {
-            v.trim().parse().map_err(|_| format!("config `{k}`: `{v}` is not a number"))
+            v.trim()
+                .parse()
+                .map_err(|_| format!("config `{k}`: `{v}` is not a number"))
         };
         let max_body_bytes = match max_body {
             Some(v) => num("max_body_bytes", v)? as usize,
@@ -114,7 +122,9 @@ pub fn resolve(base: &str, location: &str) -> Result<String, String> {
     if location.starts_with("http://") || location.starts_with("https://") {
         return Ok(location.to_string());
     }
-    let (scheme, rest) = base.split_once("://").ok_or_else(|| format!("bad base URL `{base}`"))?;
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| format!("bad base URL `{base}`"))?;
     if let Some(r) = location.strip_prefix("//") {
         return Ok(format!("{scheme}://{r}"));
     }
@@ -159,9 +169,17 @@ mod tests {
     fn config_defaults_and_bounds() {
         assert_eq!(
             Config::from_values(None, None).unwrap(),
-            Config { max_body_bytes: DEFAULT_MAX_BODY, max_redirects: 0 }
+            Config {
+                max_body_bytes: DEFAULT_MAX_BODY,
+                max_redirects: 0
+            }
         );
-        assert_eq!(Config::from_values(Some("10"), Some("3")).unwrap().max_redirects, 3);
+        assert_eq!(
+            Config::from_values(Some("10"), Some("3"))
+                .unwrap()
+                .max_redirects,
+            3
+        );
         assert!(Config::from_values(Some("x"), None).is_err());
         assert!(Config::from_values(Some("0"), None).is_err());
         assert!(Config::from_values(None, Some("11")).is_err());
@@ -170,7 +188,10 @@ mod tests {
     #[test]
     fn redirect_targets_resolve() {
         let b = "http://a.org:8080/x/y?q=1";
-        assert_eq!(resolve(b, "http://169.254.169.254/").unwrap(), "http://169.254.169.254/");
+        assert_eq!(
+            resolve(b, "http://169.254.169.254/").unwrap(),
+            "http://169.254.169.254/"
+        );
         assert_eq!(resolve(b, "/z").unwrap(), "http://a.org:8080/z");
         assert_eq!(resolve(b, "z").unwrap(), "http://a.org:8080/x/z");
         assert_eq!(resolve(b, "//b.org/").unwrap(), "http://b.org/");

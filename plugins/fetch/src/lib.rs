@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use palisade_plugin_sdk::http::{self, Request};
+use palisade_plugin_sdk::tool::Guest;
 use palisade_plugin_sdk::tool::palisade::plugin::config;
 use palisade_plugin_sdk::tool::palisade::plugin::types::ToolDescription;
-use palisade_plugin_sdk::tool::Guest;
 
 use args::{Args, Config};
 
@@ -66,7 +66,11 @@ fn fetch(a: Args, cfg: Config) -> Result<String, String> {
                 e.to_string()
             }
         })?;
-        let location = r.headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
+        let location = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone());
         if args::is_redirect(r.status) && redirects < cfg.max_redirects {
             if let Some(loc) = location {
                 url = args::resolve(&url, &loc)?;

@@ -150,7 +150,10 @@ pub fn send(r: &Request<'_>) -> Result<Response, HttpError> {
     }
     // A body goes with its length (not chunked): simple servers need it.
     if let Some(b) = r.body
-        && !r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        && !r
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
     {
         fields
             .append("content-length", b.len().to_string().as_bytes())
@@ -188,7 +191,12 @@ pub fn send(r: &Request<'_>) -> Result<Response, HttpError> {
         .headers()
         .entries()
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
     let incoming = resp
         .consume()
