@@ -174,23 +174,13 @@ impl TokenConstraint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{TinySpec, TinyType, write_gguf};
-    use crate::{Engine, EngineOptions, FinishReason, GenerateRequest, SamplingParams};
+    use crate::testing::tiny_engine;
+    use crate::{Engine, FinishReason, GenerateRequest, SamplingParams};
     use palisade_kernels::quant::WeightType;
     use serde_json::{Value, json};
 
     fn engine(dir: &std::path::Path) -> Engine {
-        let path = write_gguf(
-            dir,
-            &TinySpec::default(),
-            TinyType::Native(WeightType::Q8_0),
-        );
-        Engine::load(&EngineOptions {
-            model: path,
-            threads: 2,
-            ..Default::default()
-        })
-        .unwrap()
+        tiny_engine(dir, WeightType::Q8_0)
     }
 
     fn run(e: &Engine, c: Constraint, temperature: f32, seed: u64) -> (String, FinishReason) {

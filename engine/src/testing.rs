@@ -238,6 +238,18 @@ fn encode(ty: TinyType, rows: usize, cols: usize, w: &[f32]) -> (u32, Vec<u8>) {
     }
 }
 
+/// Writes the default tiny model (matrices as `ty`) into `dir` and loads it
+/// with 2 threads. Panics on failure: it is test support.
+pub fn tiny_engine(dir: &Path, ty: WeightType) -> crate::Engine {
+    let path = write_gguf(dir, &TinySpec::default(), TinyType::Native(ty));
+    crate::Engine::load(&crate::EngineOptions {
+        model: path,
+        threads: 2,
+        ..Default::default()
+    })
+    .expect("the tiny model loads")
+}
+
 /// Writes a tiny GGUF (llama architecture, byte-level BPE tokenizer, a
 /// ChatML template) with matrices stored as `ty`.
 pub fn write_gguf(dir: &Path, spec: &TinySpec, ty: TinyType) -> PathBuf {

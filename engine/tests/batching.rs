@@ -5,27 +5,16 @@
 use std::collections::HashMap;
 
 use palisade_engine::kv::BLOCK_SIZE;
-use palisade_engine::testing::{TinySpec, TinyType, write_gguf};
+use palisade_engine::testing::tiny_engine;
 use palisade_engine::{
-    Engine, EngineError, EngineOptions, GenerateRequest, SamplingParams, Scheduler,
-    SchedulerConfig, SeqId,
+    Engine, EngineError, GenerateRequest, SamplingParams, Scheduler, SchedulerConfig, SeqId,
 };
 use palisade_kernels::quant::WeightType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let path = write_gguf(
-        dir,
-        &TinySpec::default(),
-        TinyType::Native(WeightType::Q4_1),
-    );
-    Engine::load(&EngineOptions {
-        model: path,
-        threads: 2,
-        ..Default::default()
-    })
-    .unwrap()
+    tiny_engine(dir, WeightType::Q4_1)
 }
 
 /// `n` requests with prompts of 1 to 90 tokens (the first `shared` tokens

@@ -3,9 +3,9 @@
 //! directory with the same weights).
 
 use palisade_engine::model::{KvCache, Model, Workspace};
-use palisade_engine::testing::{TinySpec, TinyType, write_gguf, write_hf};
+use palisade_engine::testing::{TinySpec, TinyType, tiny_engine, write_gguf, write_hf};
 use palisade_engine::{
-    Engine, EngineOptions, FinishReason, GenerateRequest, SamplingParams, ThreadPool, Tokenizer,
+    Engine, FinishReason, GenerateRequest, SamplingParams, ThreadPool, Tokenizer,
 };
 use palisade_kernels::quant::WeightType;
 
@@ -157,17 +157,7 @@ fn tokenizer_from_gguf_equals_tokenizer_json_and_round_trips() {
 }
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let path = write_gguf(
-        dir,
-        &TinySpec::default(),
-        TinyType::Native(WeightType::Q8_0),
-    );
-    Engine::load(&EngineOptions {
-        model: path,
-        threads: 2,
-        ..Default::default()
-    })
-    .unwrap()
+    tiny_engine(dir, WeightType::Q8_0)
 }
 
 fn run(e: &Engine, req: GenerateRequest) -> (Vec<u32>, String, Option<FinishReason>) {
