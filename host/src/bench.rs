@@ -9,7 +9,7 @@
 //! `llama-server` by `scripts/build_llama_server.sh`) or through
 //! llama-cpp-python (`--llama-cpp-python` and `scripts/llama_cpp_bench.py`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -176,30 +176,37 @@ fn measure_llama_cpp(
     threads: usize,
     a: &BenchArgs,
 ) -> Result<Speed, HostError> {
-    let out = Command::new(python)
-        .arg(script)
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
         .args(["--model", &model.to_string_lossy()])
         .args(["--threads", &threads.to_string()])
         .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
-        .args(["--reps", "1"])
-        .output()
-        .map_err(|e| HostError::Peer(format!("running {}: {e}", python.display())))?;
-    if !out.status.success() {
-        return Err(HostError::Peer(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
+        .args(["--reps", "1"]);
+    let line = peer_output(cmd, python, script)?;
     let v: serde_json::Value = serde_json::from_str(line.trim())
         .map_err(|e| HostError::Peer(format!("unreadable output {line:?}: {e}")))?;
     Ok(Speed {
         prefill: v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN),
         decode: v["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
     })
+}
+
+/// Runs a llama.cpp benchmark command (`program`, reporting failures as
+/// `what`'s) and returns its standard output.
+fn peer_output(mut cmd: Command, program: &Path, what: &Path) -> Result<String, HostError> {
+    let out = cmd
+        .output()
+        .map_err(|e| HostError::Peer(format!("running {}: {e}", program.display())))?;
+    if !out.status.success() {
+        return Err(HostError::Peer(format!(
+            "{} exited with {}: {}",
+            what.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One `llama-bench` run (`-r 1`): prompt processing of `prompt_tokens`
@@ -210,23 +217,13 @@ fn measure_llama_bench(
     threads: usize,
     a: &BenchArgs,
 ) -> Result<Speed, HostError> {
-    let out = Command::new(bin)
-        .args(["-m", &model.to_string_lossy()])
+    let mut cmd = Command::new(bin);
+    cmd.args(["-m", &model.to_string_lossy()])
         .args(["-t", &threads.to_string()])
         .args(["-p", &a.prompt_tokens.to_string()])
         .args(["-n", &a.gen_tokens.to_string()])
-        .args(["-r", "1", "-o", "json"])
-        .output()
-        .map_err(|e| HostError::Peer(format!("running {}: {e}", bin.display())))?;
-    if !out.status.success() {
-        return Err(HostError::Peer(format!(
-            "{} exited with {}: {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+        .args(["-r", "1", "-o", "json"]);
+    let text = peer_output(cmd, bin, bin)?;
     let runs: Vec<serde_json::Value> = serde_json::from_str(text.trim())
         .map_err(|e| HostError::Peer(format!("unreadable llama-bench output {text:?}: {e}")))?;
     let pick = |prompt: u64, gen_: u64| {
