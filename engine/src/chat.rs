@@ -23,6 +23,7 @@ pub struct ChatTemplate {
     bos: String,
     eos: String,
     max_output: usize,
+    renders_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -189,7 +190,15 @@ impl ChatTemplate {
             bos: bos.to_string(),
             eos: eos.to_string(),
             max_output,
+            renders_tools: source.contains("tools"),
         })
+    }
+
+    /// Whether the template itself renders a `tools` list (Hermes-style
+    /// templates do; SmolLM2's does not, and then the server writes the
+    /// tools into a system message itself).
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
     }
 
     /// Renders `messages` (OpenAI-style objects with at least `role` and

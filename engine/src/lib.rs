@@ -192,7 +192,15 @@ impl Engine {
         &self.name
     }
 
-    /// Renders `messages` with the chat template and tokenizes the result.
+    /// Whether the model's chat template renders a `tools` list itself.
+    pub fn template_renders_tools(&self) -> bool {
+        self.template
+            .as_ref()
+            .is_some_and(ChatTemplate::renders_tools)
+    }
+
+    /// Renders `messages` with the chat template and tokenizes the result
+    /// (see [`ChatTemplate::render`]).
     pub fn chat_prompt(
         &self,
         messages: &[serde_json::Value],

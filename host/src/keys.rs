@@ -26,7 +26,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// Scopes the server's routes use.
-pub const KNOWN_SCOPES: &[&str] = &["inference", "embeddings", "admin", "metrics"];
+pub const KNOWN_SCOPES: &[&str] = &["inference", "embeddings", "admin", "metrics", "tools"];
 
 /// One key, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,7 @@ pub struct ErrorDetail {
     ),
     paths(
         generate::chat_completions,
+        crate::server::responses::responses,
         generate::completions,
         routes::embeddings,
         routes::list_models,

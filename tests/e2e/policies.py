@@ -28,7 +28,9 @@ def plugin(name, file, kind, config=None, limits=None, grants=None):
     return "\n".join(lines) + "\n"
 
 
-def route(path, public=False, auth=None, scopes=(), admission=(), output=(), failure="closed"):
+def route(path, public=False, auth=None, scopes=(), admission=(), output=(), failure="closed", tools=(),
+          max_tool_steps=None):
+    """tools: (plugin, scopes) pairs the route grants."""
     lines = ["[[routes]]", f'path = "{path}"']
     if public:
         lines.append("public = true")
@@ -41,6 +43,11 @@ def route(path, public=False, auth=None, scopes=(), admission=(), output=(), fai
     if output:
         lines.append(f"output = {json.dumps(list(output))}")
     lines.append(f'failure = "{failure}"')
+    if tools:
+        grants = ", ".join(f'{{ plugin = "{p}", scopes = {json.dumps(list(sc))} }}' for p, sc in tools)
+        lines.append(f"tools = [{grants}]")
+    if max_tool_steps is not None:
+        lines.append(f"max_tool_steps = {max_tool_steps}")
     return "\n".join(lines) + "\n"
 
 

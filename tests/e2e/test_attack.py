@@ -16,7 +16,7 @@ from conftest import MODEL, ROOT
 from server import Server
 from test_default_policy import keys
 
-SCOPES = ["inference", "embeddings", "metrics", "admin"]
+SCOPES = ["inference", "embeddings", "metrics", "admin", "tools"]
 ODD_METHODS = ["HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "PATCH", "GET", "POST"]
 WRONG_KEYS = [
     ("authorization", "Bearer pal_" + "A" * 43),
@@ -63,6 +63,7 @@ def concrete(path):
 BODIES = {
     "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
     "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 1},
+    "/v1/responses": {"model": MODEL, "input": "Hi", "max_output_tokens": 1},
     "/v1/embeddings": {"model": "all-minilm-l6-v2", "input": "Hi"},
     "/tokenize": {"prompt": "Hi"},
     "/detokenize": {"tokens": [1, 2]},

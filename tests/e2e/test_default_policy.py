@@ -80,7 +80,7 @@ def test_first_start_made_a_private_key_file_with_the_admin_key(default):
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert default["admin"] not in f.read_text(), "only the hash is stored"
     listed = subprocess.run([str(default["binary"]), "keys", "list", "--file", str(f)], capture_output=True, text=True).stdout
-    assert re.search(r"^admin\tadmin\tinference,embeddings,admin,metrics\tnever", listed, re.M), listed
+    assert re.search(r"^admin\tadmin\tinference,embeddings,admin,metrics,tools\tnever", listed, re.M), listed
     # Only /health is public.
     s = default["server"]
     assert httpx.get(s.url + "/health").status_code == 200
@@ -243,3 +243,22 @@ def test_keys_file_flag_holds_across_reloads(binary, tmp_path):
         assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {admin}"}).status_code == 200
     finally:
         assert s.stop() == 0
+
+
+def test_the_code_interpreter_runs_only_for_keys_with_the_tools_scope(default):
+    """The default policy grants the sandbox on /v1/responses to the `tools`
+    scope: the admin key (every scope) has the code run; an inference key
+    gets the policy's refusal in the call's item, and the model is told."""
+    s, b = default["server"], default["binary"]
+    plain = keys(b, "create", "--file", default["keys"], "--id", "no-tools", "--scopes", "inference")
+    reload(default)
+    ask = dict(model=MODEL, input="Use Python to add 2 and 3.", tools=[{"type": "code_interpreter", "container": {"type": "auto"}}],
+               tool_choice={"type": "code_interpreter"}, temperature=0, max_output_tokens=150)
+    ran = client(s, default["admin"]).responses.create(**ask).output[0]
+    refused = client(s, plain).responses.create(**ask).output[0]
+    assert ran.type == refused.type == "code_interpreter_call"
+    assert "refused by policy" not in ran.outputs[0].logs, ran
+    assert refused.status == "failed" and "refused by policy" in refused.outputs[0].logs, refused
+    records = [json.loads(line) for line in default["audit"].read_text().splitlines()]
+    verdicts = [[st["verdict"] for st in r["stages"] if st["stage"] == "tool"] for r in records if r["route"] == "/v1/responses"]
+    assert verdicts[-1] == ["refused"] and verdicts[-2] != ["refused"], verdicts

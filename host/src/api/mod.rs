@@ -3,6 +3,8 @@
 
 pub mod error;
 pub mod json;
+pub mod responses;
+pub mod tools;
 pub mod types;
 pub mod validate;
 

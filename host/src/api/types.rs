@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::tools::{ChatTool, MessageToolCall, ToolChoice};
+
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -64,6 +66,10 @@ pub struct ChatMessage {
     pub content: Option<Content>,
     /// Optional author name.
     pub name: Option<String>,
+    /// Calls the assistant made (assistant messages).
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// `stream_options`.
@@ -119,12 +125,14 @@ pub struct ChatCompletionRequest {
     pub min_p: Option<f32>,
     /// Extension: llama.cpp-style repetition penalty.
     pub repetition_penalty: Option<f32>,
-    /// Not supported yet (tool calling).
-    #[schema(value_type = Option<Object>)]
-    pub tools: Option<serde_json::Value>,
-    /// Not supported yet (tool calling).
-    #[schema(value_type = Option<Object>)]
-    pub tool_choice: Option<serde_json::Value>,
+    /// Functions the model may call (at most 128).
+    pub tools: Option<Vec<ChatTool>>,
+    /// `none`, `auto` (the default with tools), `required`, or a named
+    /// function; the last two constrain the output to a valid call.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may make several calls in one turn (accepted;
+    /// every call the model writes is returned).
+    pub parallel_tool_calls: Option<bool>,
     /// Structured output: plain text, any JSON object, or JSON matching a
     /// schema (generation is constrained to it).
     pub response_format: Option<ResponseFormat>,
@@ -269,8 +277,25 @@ pub struct ChoiceLogprobs {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: Role,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (null when the message is only tool calls).
+    pub content: Option<String>,
+    /// The calls the model made (`finish_reason` is then `tool_calls`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<MessageToolCall>,
+}
+
+/// A tool call in a stream delta (sent whole, in one chunk).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeltaToolCall {
+    /// Position among the message's calls.
+    pub index: u32,
+    /// `call_...`.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: crate::api::tools::FunctionType,
+    /// Name and arguments.
+    pub function: crate::api::tools::CalledFunction,
 }
 
 /// One chat choice.
@@ -314,6 +339,9 @@ pub struct ChatDelta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Tool calls (each whole, in the choice's last chunks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<DeltaToolCall>>,
 }
 
 /// One choice in a stream chunk.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use palisade_engine::{Constraint, Engine, GenerateRequest, SamplingParams};
 
 use crate::api::error::ApiError;
+use crate::api::tools::{self, ToolSet};
 use crate::api::types::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, Content, ContentPart, PromptInput,
     ResponseFormat, Role, StopSpec,
@@ -39,8 +40,14 @@ pub struct ValidGeneration {
     pub echo: bool,
     /// The chat messages as the template saw them (chat only).
     pub messages: Vec<serde_json::Value>,
-    /// The grammar the output must follow (`response_format`).
+    /// The grammar the output must follow (`response_format`, a forced
+    /// tool call).
     pub constraint: Option<Constraint>,
+    /// The tools offered (chat with `tools`): the output is parsed for
+    /// calls.
+    pub tools: Option<ToolSet>,
+    /// Extra chat template input (`tools`, for templates that render them).
+    pub template_extra: Option<serde_json::Value>,
 }
 
 impl ValidGeneration {
@@ -217,15 +224,26 @@ fn finish(
         echo,
         messages: vec![],
         constraint: None,
+        tools: None,
+        template_extra: None,
     })
 }
 
-fn message_json(m: &ChatMessage, i: usize) -> Result<serde_json::Value, ApiError> {
+/// Most tools per request.
+pub const MAX_TOOLS: usize = 128;
+
+fn message_json(
+    m: &ChatMessage,
+    i: usize,
+    native_tools: bool,
+    call_ids: &mut Vec<String>,
+) -> Result<serde_json::Value, ApiError> {
+    let field = |f: &str| format!("messages[{i}].{f}");
     let content = match &m.content {
         None if m.role == Role::Assistant => String::new(),
         None => {
             return Err(ApiError::bad(
-                format!("messages[{i}].content"),
+                field("content"),
                 "content is required for this role",
             ));
         }
@@ -236,18 +254,62 @@ fn message_json(m: &ChatMessage, i: usize) -> Result<serde_json::Value, ApiError
             .collect::<Vec<_>>()
             .join(""),
     };
-    let role = match m.role {
-        Role::System | Role::Developer => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
+    if m.tool_calls.is_some() && m.role != Role::Assistant {
+        return Err(ApiError::bad(
+            field("tool_calls"),
+            "only assistant messages carry `tool_calls`",
+        ));
+    }
+    if m.tool_call_id.is_some() != (m.role == Role::Tool) {
+        return Err(ApiError::bad(
+            field("tool_call_id"),
+            "`tool` messages need `tool_call_id` (the id of the call they answer); other roles have none",
+        ));
+    }
+    let mut v = match m.role {
+        Role::System | Role::Developer => serde_json::json!({"role": "system", "content": content}),
+        Role::User => serde_json::json!({"role": "user", "content": content}),
+        Role::Assistant => {
+            let calls = m.tool_calls.as_deref().unwrap_or_default();
+            for (j, c) in calls.iter().enumerate() {
+                if !tools::valid_name(&c.function.name) {
+                    return Err(ApiError::bad(
+                        format!("messages[{i}].tool_calls[{j}].function.name"),
+                        format!("not a function name: {:?}", c.function.name),
+                    ));
+                }
+                call_ids.push(c.id.clone());
+            }
+            if native_tools && !calls.is_empty() {
+                let calls: Vec<serde_json::Value> = calls
+                    .iter()
+                    .map(|c| {
+                        let args = serde_json::from_str::<serde_json::Value>(&c.function.arguments)
+                            .unwrap_or_else(|_| c.function.arguments.clone().into());
+                        serde_json::json!({"id": c.id, "type": "function",
+                            "function": {"name": c.function.name, "arguments": args}})
+                    })
+                    .collect();
+                serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls})
+            } else {
+                serde_json::json!({"role": "assistant", "content": tools::render_calls(&content, calls)})
+            }
+        }
         Role::Tool => {
-            return Err(ApiError::bad(
-                format!("messages[{i}].role"),
-                "`tool` messages need tool calling, which this server does not support yet",
-            ));
+            let id = m.tool_call_id.as_deref().unwrap_or_default();
+            if !call_ids.iter().any(|c| c == id) {
+                return Err(ApiError::bad(
+                    field("tool_call_id"),
+                    format!("`{id}` is not the id of a call in an earlier assistant message"),
+                ));
+            }
+            if native_tools {
+                serde_json::json!({"role": "tool", "content": content, "tool_call_id": id})
+            } else {
+                serde_json::json!({"role": "user", "content": tools::render_result(&content)})
+            }
         }
     };
-    let mut v = serde_json::json!({"role": role, "content": content});
     if let Some(name) = &m.name {
         v["name"] = name.clone().into();
     }
@@ -259,23 +321,50 @@ pub fn chat_messages(
     engine: &Engine,
     messages: &[ChatMessage],
 ) -> Result<(String, Vec<u32>), ApiError> {
-    let msgs = messages_json(messages)?;
+    let msgs = messages_json(messages, engine.template_renders_tools())?;
     Ok(engine.chat_prompt(&msgs, None)?)
 }
 
-/// The messages as template input (`role`, `content`, optional `name`).
-pub fn messages_json(messages: &[ChatMessage]) -> Result<Vec<serde_json::Value>, ApiError> {
+/// The messages as template input (`role`, `content`, optional `name`;
+/// tool calls and results in the form the template expects:
+/// `native_tools` when it renders them itself, else as text).
+pub fn messages_json(
+    messages: &[ChatMessage],
+    native_tools: bool,
+) -> Result<Vec<serde_json::Value>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad(
             "messages",
             "`messages` must contain at least one message",
         ));
     }
+    let mut call_ids = Vec::new();
     messages
         .iter()
         .enumerate()
-        .map(|(i, m)| message_json(m, i))
+        .map(|(i, m)| message_json(m, i, native_tools, &mut call_ids))
         .collect()
+}
+
+/// Offers `set` to the model: as template input for templates that
+/// render tools, else as a system message (merged into the first one).
+pub fn offer_tools(
+    engine: &Engine,
+    messages: &mut Vec<serde_json::Value>,
+    set: &ToolSet,
+) -> Option<serde_json::Value> {
+    if engine.template_renders_tools() {
+        return Some(set.template_extra());
+    }
+    let text = set.system_text();
+    match messages.first_mut() {
+        Some(m) if m["role"] == "system" => {
+            let old = m["content"].as_str().unwrap_or_default();
+            m["content"] = format!("{old}\n\n{text}").into();
+        }
+        _ => messages.insert(0, serde_json::json!({"role": "system", "content": text})),
+    }
+    None
 }
 
 /// Applies an admission rewrite: lower `max_tokens`, replace the
@@ -299,7 +388,7 @@ pub fn apply_rewrite(
     {
         v.messages
             .insert(0, serde_json::json!({"role": "system", "content": sys}));
-        let (text, ids) = engine.chat_prompt(&v.messages, None)?;
+        let (text, ids) = engine.chat_prompt(&v.messages, v.template_extra.as_ref())?;
         if ids.len() + v.max_tokens > engine.max_context() {
             return Err(ApiError::bad(
                 "messages",
@@ -355,17 +444,15 @@ pub fn chat(
     limits: &LimitsSection,
     r: ChatCompletionRequest,
 ) -> Result<ValidGeneration, ApiError> {
-    for (field, present) in [
-        ("tools", r.tools.is_some()),
-        ("tool_choice", r.tool_choice.is_some()),
-    ] {
-        if present {
-            return Err(ApiError::bad(
-                field,
-                format!("`{field}` is not supported by this server yet"),
-            ));
-        }
+    if let Some(t) = &r.tools
+        && (t.is_empty() || t.len() > MAX_TOOLS)
+    {
+        return Err(ApiError::bad(
+            "tools",
+            format!("`tools` must list 1 to {MAX_TOOLS} functions (leave it out for none)"),
+        ));
     }
+    let tool_set = tools::tool_set(r.tools, r.tool_choice)?;
     let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
         (false, Some(_)) => {
             return Err(ApiError::bad(
@@ -377,8 +464,11 @@ pub fn chat(
         (true, k) => Some(k.unwrap_or(0) as usize),
     };
     let stop = stop_list(r.stop)?;
-    let messages = messages_json(&r.messages)?;
-    let (text, ids) = engine.chat_prompt(&messages, None)?;
+    let mut messages = messages_json(&r.messages, engine.template_renders_tools())?;
+    let extra = tool_set
+        .as_ref()
+        .and_then(|t| offer_tools(engine, &mut messages, t));
+    let (text, ids) = engine.chat_prompt(&messages, extra.as_ref())?;
     let (field, max) = match (r.max_completion_tokens, r.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -414,6 +504,17 @@ pub fn chat(
     )?;
     v.messages = messages;
     v.constraint = response_format(r.response_format)?;
+    if let Some(forced) = tool_set.as_ref().and_then(ToolSet::constraint) {
+        if v.constraint.is_some() {
+            return Err(ApiError::bad(
+                "tool_choice",
+                "a forced tool call cannot be combined with `response_format` (the call's arguments already follow the function's schema)",
+            ));
+        }
+        v.constraint = Some(forced);
+    }
+    v.tools = tool_set;
+    v.template_extra = extra;
     Ok(v)
 }
 
@@ -523,4 +624,52 @@ pub fn completion(
         include_usage,
         r.echo.unwrap_or(false),
     )
+}
+
+/// One model turn of a Responses API request: `messages` (tools offered
+/// when `tools` is given, its constraint forcing a call), at most
+/// `max_tokens`.
+pub fn responses_turn(
+    engine: &Engine,
+    limits: &LimitsSection,
+    mut messages: Vec<serde_json::Value>,
+    tools: Option<&ToolSet>,
+    max_tokens: usize,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+) -> Result<ValidGeneration, ApiError> {
+    let extra = tools.and_then(|t| offer_tools(engine, &mut messages, t));
+    let (text, ids) = engine.chat_prompt(&messages, extra.as_ref())?;
+    let c = Common {
+        temperature,
+        top_p,
+        top_k: None,
+        min_p: None,
+        repetition_penalty: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        seed: None,
+        logit_bias: None,
+        logprobs: None,
+        n: None,
+        max_tokens: None,
+        max_tokens_field: "max_output_tokens",
+        default_max_tokens: Some(max_tokens.max(1)),
+    };
+    let mut v = finish(
+        engine,
+        limits,
+        c,
+        vec![ids],
+        vec![text],
+        vec![],
+        false,
+        false,
+        false,
+    )?;
+    v.messages = messages;
+    v.constraint = tools.and_then(ToolSet::constraint);
+    v.tools = tools.cloned();
+    v.template_extra = extra;
+    Ok(v)
 }

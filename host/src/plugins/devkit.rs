@@ -295,6 +295,8 @@ pub fn run(plugin: &Path, fixture: &Path, kind: Option<PluginKind>) -> Result<St
             .cloned()
             .collect(),
         failure: FailureMode::Closed,
+        tools: vec![],
+        max_tool_steps: 1,
     };
     let policy = Policy {
         plugins: BTreeMap::from([(name, spec)]),

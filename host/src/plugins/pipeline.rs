@@ -145,6 +145,8 @@ impl Pipeline {
                     admission: vec![],
                     output: vec![],
                     failure: FailureMode::Closed,
+                    tools: vec![],
+                    max_tool_steps: 1,
                 })
         })
     }

@@ -290,6 +290,30 @@ pub struct RouteRule {
     /// Failure mode of these stages.
     #[serde(default)]
     pub failure: FailureMode,
+    /// Tool plugins the server may run for the model on these routes
+    /// (`/v1/responses`); a call of any other tool is refused.
+    #[serde(default)]
+    pub tools: Vec<ToolGrant>,
+    /// Most model turns that call server tools in one request (1 to 32);
+    /// the turn after the last one answers without tools.
+    #[serde(default = "default_tool_steps")]
+    pub max_tool_steps: u32,
+}
+
+fn default_tool_steps() -> u32 {
+    4
+}
+
+/// One tool a route grants.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolGrant {
+    /// The tool plugin (`kind = "tool"`).
+    pub plugin: String,
+    /// Scopes the principal must hold (beyond the route's) for the tool to
+    /// run; empty: everyone the route admits.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 impl RouteRule {
@@ -400,6 +424,15 @@ impl Policy {
             for o in &rule.output {
                 kind_of(o, PluginKind::OutputFilter, rule)?;
             }
+            for t in &rule.tools {
+                kind_of(&t.plugin, PluginKind::Tool, rule)?;
+            }
+            if !(1..=32).contains(&rule.max_tool_steps) {
+                return bad(format!(
+                    "route `{}`: max_tool_steps must be 1 to 32, got {}",
+                    rule.path, rule.max_tool_steps
+                ));
+            }
         }
         let uncovered: Vec<&str> = routes
             .iter()
@@ -479,5 +512,29 @@ mod tests {
         assert!(e.contains("Authenticator"), "{e}");
         let e = parse("[[routes]]\npath = \"*\"\n").unwrap_err().to_string();
         assert!(e.contains("public = true"), "{e}");
+    }
+
+    #[test]
+    fn tool_grants_name_tool_plugins_and_bound_the_steps() {
+        let tool = "[plugins.py]\npath = \"p.wasm\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nkind = \"tool\"\n";
+        let ok = parse(&format!(
+            "{AUTH}{tool}[[routes]]\npath = \"*\"\nauth = \"keys\"\ntools = [{{ plugin = \"py\", scopes = [\"tools\"] }}]\nmax_tool_steps = 2\n"
+        ))
+        .unwrap();
+        let rule = ok.rule_for("/v1/chat/completions").unwrap();
+        assert_eq!(rule.tools[0].scopes, ["tools"]);
+        assert_eq!(rule.max_tool_steps, 2);
+        let e = parse(&format!(
+            "{AUTH}{tool}[[routes]]\npath = \"*\"\nauth = \"keys\"\ntools = [{{ plugin = \"keys\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("Authenticator"), "{e}");
+        let e = parse(&format!(
+            "{AUTH}{tool}[[routes]]\npath = \"*\"\nauth = \"keys\"\nmax_tool_steps = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_tool_steps"), "{e}");
     }
 }

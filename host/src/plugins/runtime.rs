@@ -191,6 +191,9 @@ pub struct LoadedPlugin {
     prewarm: usize,
     reaper: Arc<Reaper>,
     wake: Arc<(Mutex<bool>, Condvar)>,
+    /// A tool's `describe` answer, asked once (see `tool::describe`).
+    pub(crate) described:
+        std::sync::OnceLock<super::bindings::shared::palisade::plugin::types::ToolDescription>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -363,6 +366,7 @@ impl Runtime {
             prewarm: self.prewarm,
             reaper: self.reaper.clone(),
             wake: self.wake.clone(),
+            described: std::sync::OnceLock::new(),
         });
         // One instance now proves the plugin instantiates at all.
         let first = p

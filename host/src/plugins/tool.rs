@@ -22,6 +22,9 @@ use super::policy::{PluginKind, Policy};
 use super::runtime::{FailureKind, Instance, LoadedPlugin, StageFailure, timed};
 use crate::HostError;
 
+/// What a tool says it is (name, description, argument schema).
+pub type Description = ToolDescription;
+
 /// What one tool call came to (a sandbox failure is the `Err` of
 /// [`call`], not this).
 #[derive(Debug, Clone)]
@@ -67,6 +70,29 @@ pub fn call(plugin: &LoadedPlugin, arguments: &str) -> Result<ToolCall, StageFai
         result,
         elapsed,
     })
+}
+
+/// What the tool `plugin` says it is (asked on a fresh instance once, then
+/// remembered for the plugin's life).
+pub fn describe(plugin: &LoadedPlugin) -> Result<ToolDescription, StageFailure> {
+    if let Some(d) = plugin.described.get() {
+        return Ok(d.clone());
+    }
+    let (mut store, inst) = plugin.checkout()?;
+    let Instance::Tool(t) = inst else {
+        plugin.dispose(store);
+        return Err(StageFailure {
+            plugin: plugin.info.name.clone(),
+            kind: FailureKind::Instantiate,
+            detail: "not a tool plugin".into(),
+        });
+    };
+    let d = t
+        .call_describe(&mut store)
+        .map_err(|e| plugin.classify(&store, e));
+    plugin.dispose(store);
+    let d = d?;
+    Ok(plugin.described.get_or_init(|| d).clone())
 }
 
 /// A sandbox failure in words an operator can act on (which limit, and

@@ -20,6 +20,7 @@ use super::guard::Scope;
 use super::{ApiResult, AppState, json};
 use crate::api::ApiError;
 use crate::api::json::StrictJson;
+use crate::api::tools::{self, MessageToolCall};
 use crate::api::types::*;
 use crate::api::validate::{self, ValidGeneration};
 use crate::plugins::bindings::shared::palisade::plugin::types::{
@@ -75,7 +76,7 @@ pub async fn completions(
 }
 
 /// The read-only view admission plugins get.
-fn request_context(scope: &Scope, v: &ValidGeneration, model: &str) -> RequestContext {
+pub(super) fn request_context(scope: &Scope, v: &ValidGeneration, model: &str) -> RequestContext {
     let principal = scope.principal.clone().unwrap_or(Principal {
         id: "anonymous".into(),
         tenant: String::new(),
@@ -293,6 +294,37 @@ impl Ctx {
         Some(out)
     }
 
+    /// The assistant message of a finished choice: its text, or (with
+    /// tools) the calls parsed from it and the text around them.
+    fn message_parts(&self, c: &ChoiceState) -> (Option<String>, Vec<MessageToolCall>, String) {
+        let finish = c.finish.clone().unwrap_or_else(|| "length".into());
+        let Some(set) = self
+            .valid
+            .tools
+            .as_ref()
+            .filter(|_| finish != "content_filter")
+        else {
+            return (Some(c.text.clone()), vec![], finish);
+        };
+        let parsed = tools::parse_output(&c.text, set);
+        if parsed.calls.is_empty() {
+            return (Some(c.text.clone()), vec![], finish);
+        }
+        let calls = parsed
+            .calls
+            .into_iter()
+            .map(|p| MessageToolCall {
+                id: self.state.new_id("call"),
+                kind: tools::FunctionType::Function,
+                function: tools::CalledFunction {
+                    name: p.name,
+                    arguments: p.arguments,
+                },
+            })
+            .collect();
+        (parsed.content, calls, "tool_calls".into())
+    }
+
     fn usage(&self, completion: usize) -> Usage {
         let prompt = self.valid.prompt_tokens() as u32;
         Usage {
@@ -420,14 +452,18 @@ async fn collect(
             choices: choices
                 .iter()
                 .enumerate()
-                .map(|(i, c)| ChatChoice {
-                    index: i as u32,
-                    message: AssistantMessage {
-                        role: Role::Assistant,
-                        content: c.text.clone(),
-                    },
-                    logprobs: ctx.chat_logprobs(&c.tokens),
-                    finish_reason: c.finish.clone().unwrap_or_else(|| "length".into()),
+                .map(|(i, c)| {
+                    let (content, tool_calls, finish_reason) = ctx.message_parts(c);
+                    ChatChoice {
+                        index: i as u32,
+                        message: AssistantMessage {
+                            role: Role::Assistant,
+                            content,
+                            tool_calls,
+                        },
+                        logprobs: ctx.chat_logprobs(&c.tokens),
+                        finish_reason,
+                    }
                 })
                 .collect(),
             usage,
@@ -505,6 +541,7 @@ fn stream(
                         delta: ChatDelta {
                             role: Some(Role::Assistant),
                             content: Some(String::new()),
+                            tool_calls: None,
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -587,12 +624,47 @@ fn stream(
             }
             let toks = std::slice::from_ref(&step.sampled);
             let ev = match ctx.kind {
+                // With tools the text may be a call: the choice is sent
+                // whole when it ends, as text or as `tool_calls`.
+                Kind::Chat if ctx.valid.tools.is_some() => {
+                    if finish.is_none() {
+                        continue;
+                    }
+                    choices[i].finish = finish.clone();
+                    let (content, calls, finish_reason) = ctx.message_parts(&choices[i]);
+                    let tool_calls = (!calls.is_empty()).then(|| {
+                        calls
+                            .into_iter()
+                            .enumerate()
+                            .map(|(k, c)| DeltaToolCall {
+                                index: k as u32,
+                                id: c.id,
+                                kind: c.kind,
+                                function: c.function,
+                            })
+                            .collect()
+                    });
+                    event(&chat_chunk(
+                        vec![ChatChunkChoice {
+                            index: i as u32,
+                            delta: ChatDelta {
+                                role: None,
+                                content,
+                                tool_calls,
+                            },
+                            logprobs: ctx.chat_logprobs(&choices[i].tokens),
+                            finish_reason: Some(finish_reason),
+                        }],
+                        None,
+                    ))
+                }
                 Kind::Chat => event(&chat_chunk(
                     vec![ChatChunkChoice {
                         index: i as u32,
                         delta: ChatDelta {
                             role: None,
                             content: (!step.text.is_empty()).then(|| step.text.clone()),
+                            tool_calls: None,
                         },
                         logprobs: ctx.chat_logprobs(toks),
                         finish_reason: finish,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod generate;
 pub mod guard;
 pub mod listener;
+pub mod responses;
 pub mod routes;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,6 +212,7 @@ impl AppState {
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/responses"),
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{id}"),
@@ -231,6 +233,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: Arc<AppState>) -> Router {
     let r = Router::new()
         .route("/v1/chat/completions", post(generate::chat_completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/models", get(routes::list_models))
