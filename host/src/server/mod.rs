@@ -9,6 +9,7 @@ pub mod guard;
 pub mod listener;
 pub mod responses;
 pub mod routes;
+mod sandbox;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::guard::Scope;
+use super::sandbox::{Sandbox, granted_sandbox, logs, run_tool, sandbox_function};
 use super::{ApiResult, AppState, json};
 use crate::api::ApiError;
 use crate::api::json::StrictJson;
@@ -29,7 +30,6 @@ use crate::api::validate;
 use crate::plugins::bindings::shared::palisade::plugin::types::RequestContext;
 use crate::plugins::pipeline::{OutputChain, OutputStop, StageRecord};
 use crate::plugins::runtime::LoadedPlugin;
-use crate::plugins::tool;
 use crate::scheduler::SeqEvent;
 
 /// `POST /v1/responses`.
@@ -178,55 +178,6 @@ pub async fn responses(
     }
 }
 
-/// The granted plugin behind the built-in `code_interpreter`, and whether
-/// the caller may run it (`Err` holds the refusal).
-type Sandbox = (Result<Arc<LoadedPlugin>, String>, tool::Description);
-
-fn granted_sandbox(scope: &Scope) -> Option<Sandbox> {
-    let held: &[String] = scope.principal.as_ref().map_or(&[], |p| &p.scopes);
-    for g in &scope.rule.tools {
-        let Some(p) = scope.pipeline.loaded(&g.plugin) else {
-            continue;
-        };
-        let Ok(d) = tool::describe(p) else { continue };
-        if d.name != CODE_INTERPRETER {
-            continue;
-        }
-        let missing: Vec<&str> = g
-            .scopes
-            .iter()
-            .filter(|s| !held.contains(s))
-            .map(String::as_str)
-            .collect();
-        let access = if missing.is_empty() {
-            Ok(p.clone())
-        } else {
-            Err(format!(
-                "refused by policy: running `{CODE_INTERPRETER}` needs the scope {} this key does not hold",
-                missing.join(", ")
-            ))
-        };
-        return Some((access, d));
-    }
-    None
-}
-
-fn sandbox_function(name: &str, d: Option<&tool::Description>) -> Function {
-    match d {
-        Some(d) => Function::new(
-            name,
-            &d.description,
-            serde_json::from_str(&d.parameters_schema)
-                .unwrap_or_else(|_| json!({"type": "object"})),
-        ),
-        None => Function::new(
-            name,
-            "Runs Python code in a sandbox and returns its output.",
-            json!({"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}),
-        ),
-    }
-}
-
 /// Server-sent events of a streamed response (none when not streaming).
 struct Events {
     tx: Option<mpsc::Sender<Result<Event, Infallible>>>,
@@ -264,16 +215,6 @@ struct Run {
     top_p: Option<f32>,
     /// Prompt and generated tokens over all turns.
     tokens: (usize, usize),
-}
-
-/// What one tool call came to.
-struct ToolOutcome {
-    ok: bool,
-    /// What the model is told.
-    for_model: String,
-    /// Audit verdict.
-    verdict: String,
-    micros: u64,
 }
 
 /// How a turn ended.
@@ -632,69 +573,4 @@ impl Run {
             Some((Ok(p), _)) => Ok(p.clone()),
         }
     }
-}
-
-/// Runs the code interpreter (or reports the policy's refusal).
-async fn run_tool(access: Result<Arc<LoadedPlugin>, String>, arguments: &str) -> ToolOutcome {
-    let refused = |m: String| ToolOutcome {
-        ok: false,
-        for_model: m,
-        verdict: "refused".into(),
-        micros: 0,
-    };
-    let plugin = match access {
-        Err(m) => return refused(m),
-        Ok(p) => p,
-    };
-    let args = arguments.to_string();
-    let p = plugin.clone();
-    let r = tokio::task::spawn_blocking(move || tool::call(&p, &args)).await;
-    match r {
-        Ok(Ok(call)) => ToolOutcome {
-            ok: call.result.is_ok(),
-            verdict: if call.result.is_ok() {
-                "ok"
-            } else {
-                "tool-error"
-            }
-            .into(),
-            micros: call.elapsed.as_micros() as u64,
-            for_model: call
-                .result
-                .unwrap_or_else(|e| format!("the tool refused the call: {e}")),
-        },
-        Ok(Err(f)) => ToolOutcome {
-            ok: false,
-            verdict: format!("error:{}", f.kind.as_str()),
-            micros: 0,
-            for_model: format!(
-                "the sandbox stopped the call: {}",
-                tool::explain(&plugin, &f)
-            ),
-        },
-        Err(e) => ToolOutcome {
-            ok: false,
-            verdict: "error:panic".into(),
-            micros: 0,
-            for_model: format!("the tool call failed: {e}"),
-        },
-    }
-}
-
-/// The text of a code interpreter result (`stdout`, `stderr`, the last
-/// expression's value, the error), or the message itself.
-fn logs(result: &str) -> String {
-    let Ok(v) = serde_json::from_str::<Value>(result) else {
-        return result.to_string();
-    };
-    let mut out = String::new();
-    for key in ["stdout", "stderr", "result", "error"] {
-        if let Some(s) = v[key].as_str().filter(|s| !s.is_empty()) {
-            out.push_str(s);
-            if !s.ends_with('\n') {
-                out.push('\n');
-            }
-        }
-    }
-    out
 }
