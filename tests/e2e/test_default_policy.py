@@ -238,6 +238,7 @@ def test_keys_file_flag_holds_across_reloads(binary, tmp_path):
         late = keys(binary, "create", "--file", f, "--id", "late", "--scopes", "inference")
         r = s.admin("POST", "/admin/reload", admin)
         assert r.status_code == 200, r.text
+        s.wait_ready(headers={"authorization": f"Bearer {admin}"})  # the model may still be loading
         # After the reload the server still reads --keys-file, with the new key in it.
         assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {late}"}).status_code == 403
         assert httpx.get(s.url + "/v1/models", headers={"authorization": f"Bearer {admin}"}).status_code == 200
