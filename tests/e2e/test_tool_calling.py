@@ -244,3 +244,14 @@ def test_bad_responses_requests_name_the_field(setup, kw, param):
     with pytest.raises(openai.BadRequestError) as e:
         client(setup).responses.create(model=MODEL, input="hi", max_output_tokens=5, **kw)
     assert e.value.body["param"] == param, e.value.body
+
+
+def test_a_turn_without_tools_streams_token_by_token(setup):
+    kw = dict(model=MODEL, input="Name three rivers.", temperature=0, max_output_tokens=24)
+    whole = client(setup).responses.create(**kw)
+    events = list(client(setup).responses.create(**kw, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 3, deltas
+    assert "".join(deltas) == whole.output[0].content[0].text == events[-1].response.output[0].content[0].text
+    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    assert events[-1].response.usage.output_tokens == whole.usage.output_tokens == 24

@@ -217,6 +217,35 @@ struct Run {
     tokens: (usize, usize),
 }
 
+/// An open message item of a streamed response.
+struct Message {
+    /// `item_id`, `output_index`, `content_index` of its events.
+    at: Value,
+    index: usize,
+    item: Value,
+    /// The client still listens.
+    ok: bool,
+}
+
+impl Message {
+    fn with(&self, extra: Value) -> Value {
+        let mut d = self.at.clone();
+        if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        d
+    }
+
+    /// Sends a text delta; false when the client went away.
+    async fn delta(&self, ev: &mut Events, text: &str) -> bool {
+        ev.send(
+            "response.output_text.delta",
+            self.with(json!({"delta": text})),
+        )
+        .await
+    }
+}
+
 /// How a turn ended.
 enum TurnEnd {
     /// Generated text (and the finish reason).
@@ -310,7 +339,21 @@ impl Run {
                 self.top_p,
             )?;
             self.tokens.0 += v.prompt_tokens();
-            let (text, finish) = match self.generate(&v, turn).await? {
+            // A turn without tools is text: streamed as it is generated.
+            if set.is_none() && ev.tx.is_some() {
+                let m = self.message_start(ev).await;
+                let (text, finish) = match self.generate(&v, turn, Some((&mut *ev, &m))).await? {
+                    TurnEnd::Text(t, f) => (t, f),
+                    TurnEnd::Gone => return Ok(false),
+                };
+                let ok = m.ok;
+                if !self.message_end(ev, m, &text, ok).await {
+                    return Ok(false);
+                }
+                self.finish_reason(&finish);
+                return Ok(true);
+            }
+            let (text, finish) = match self.generate(&v, turn, None).await? {
                 TurnEnd::Text(t, f) => (t, f),
                 TurnEnd::Gone => return Ok(false),
             };
@@ -322,11 +365,7 @@ impl Run {
                 if !self.message(ev, &text).await {
                     return Ok(false);
                 }
-                match finish.as_str() {
-                    "length" => self.incomplete("max_output_tokens"),
-                    "content_filter" => self.incomplete("content_filter"),
-                    _ => {}
-                }
+                self.finish_reason(&finish);
                 return Ok(true);
             };
             if let Some(c) = &parsed.content
@@ -430,6 +469,15 @@ impl Run {
         Ok(true)
     }
 
+    /// Marks the response incomplete when the last turn was cut off.
+    fn finish_reason(&mut self, finish: &str) {
+        match finish {
+            "length" => self.incomplete("max_output_tokens"),
+            "content_filter" => self.incomplete("content_filter"),
+            _ => {}
+        }
+    }
+
     fn incomplete(&mut self, reason: &str) {
         self.response.status = "incomplete";
         self.response.incomplete_details = Some(json!({ "reason": reason }));
@@ -456,53 +504,57 @@ impl Run {
 
     /// Adds an assistant message item with its content events.
     async fn message(&mut self, ev: &mut Events, text: &str) -> bool {
+        let m = self.message_start(ev).await;
+        let ok = m.ok && (text.is_empty() || m.delta(ev, text).await);
+        self.message_end(ev, m, text, ok).await
+    }
+
+    /// Opens a message item (`output_item.added`, `content_part.added`).
+    async fn message_start(&mut self, ev: &mut Events) -> Message {
         let id = self.state.new_id("msg");
         let index = self.response.output.len();
-        let part = json!({"type": "output_text", "text": text, "annotations": []});
-        let mut item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
-        let at = json!({"item_id": id, "output_index": index, "content_index": 0});
-        let with = |extra: Value| {
-            let mut d = at.clone();
-            if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
-                m.extend(e.clone());
-            }
-            d
+        let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
+        let m = Message {
+            at: json!({"item_id": id, "output_index": index, "content_index": 0}),
+            index,
+            item,
+            ok: true,
         };
-        let mut ok = ev
+        let ok = ev
             .send(
                 "response.output_item.added",
-                json!({"output_index": index, "item": item}),
+                json!({"output_index": index, "item": m.item}),
             )
-            .await;
-        ok = ok
+            .await
             && ev
                 .send(
                     "response.content_part.added",
-                    with(json!({"part": {"type": "output_text", "text": "", "annotations": []}})),
+                    m.with(json!({"part": {"type": "output_text", "text": "", "annotations": []}})),
                 )
                 .await;
-        ok = ok
+        Message { ok, ..m }
+    }
+
+    /// Closes a message item with its whole text.
+    async fn message_end(&mut self, ev: &mut Events, mut m: Message, text: &str, ok: bool) -> bool {
+        let part = json!({"type": "output_text", "text": text, "annotations": []});
+        let ok = ok
             && ev
-                .send("response.output_text.delta", with(json!({"delta": text})))
-                .await;
-        ok = ok
+                .send("response.output_text.done", m.with(json!({"text": text})))
+                .await
             && ev
-                .send("response.output_text.done", with(json!({"text": text})))
+                .send("response.content_part.done", m.with(json!({"part": part})))
                 .await;
-        ok = ok
-            && ev
-                .send("response.content_part.done", with(json!({"part": part})))
-                .await;
-        item["status"] = "completed".into();
-        item["content"] = json!([part]);
-        ok = ok
+        m.item["status"] = "completed".into();
+        m.item["content"] = json!([part]);
+        let ok = ok
             && ev
                 .send(
                     "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
+                    json!({"output_index": m.index, "item": m.item}),
                 )
                 .await;
-        self.response.output.push(item);
+        self.response.output.push(m.item);
         ok
     }
 
@@ -511,6 +563,7 @@ impl Run {
         &mut self,
         v: &validate::ValidGeneration,
         turn: u32,
+        mut live: Option<(&mut Events, &Message)>,
     ) -> Result<TurnEnd, ApiError> {
         let mut rx = self
             .handle
@@ -545,7 +598,15 @@ impl Run {
                 }
             }
             match released {
-                Ok(t) => text.push_str(&t),
+                Ok(t) => {
+                    if let Some((ev, m)) = live.as_mut()
+                        && !t.is_empty()
+                        && !m.delta(ev, &t).await
+                    {
+                        return Ok(TurnEnd::Gone);
+                    }
+                    text.push_str(&t)
+                }
                 Err(OutputStop::Abort(reason)) => {
                     tracing::info!(request_id = %self.scope.request_id, %reason, "output filter stopped the response");
                     return Ok(TurnEnd::Text(text, "content_filter".into()));
