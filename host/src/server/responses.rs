@@ -425,8 +425,9 @@ impl Run {
                     ("response.code_interpreter_call.interpreting", json!({})),
                 ] {
                     let mut d = head.clone();
-                    d.as_object_mut()
-                        .map(|m| m.extend(extra.as_object().cloned().unwrap_or_default()));
+                    if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                        m.extend(e.clone());
+                    }
                     ok = ok && ev.send(kind, d).await;
                 }
                 let out = run_tool(self.sandbox_access(), &p.arguments).await;
