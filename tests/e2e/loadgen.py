@@ -81,11 +81,9 @@ class Load:
 
     BEHAVIOURS = [
         ("models", 25), ("keepalive", 10), ("tokenize", 12), ("health", 5), ("chat", 10), ("stream", 5),
-        # slow_body (a body trickled a byte every 0.4 s) is left out: the
-        # body timeout is per chunk, not total (see test_load.py). slow_ok
-        # (headers in 8 pieces, 0.2 s in all) is left out: under this load
+        # slow_ok (headers in 8 pieces, 0.2 s in all) is left out: under this load
         # the server reset such connections; not yet understood.
-        ("unauth", 5), ("slow_headers", 4), ("abort", 8), ("abort_early", 3),
+        ("unauth", 5), ("slow_headers", 4), ("slow_body", 3), ("abort", 8), ("abort_early", 3),
         ("garbage", 2), ("oversize", 2),
     ]
 
