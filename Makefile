@@ -79,10 +79,13 @@ test-e2e: venv
 # the stable toolchain (RUSTC_BOOTSTRAP=1 lets it pass its -Z flags), no
 # sanitizer (the parsers are safe Rust; debug assertions and overflow checks
 # are on). `make test-fuzz` runs each target for FUZZ_SECS seconds from the
-# committed seeds (not yet part of `make test`: the instrumented build of the
-# host is long and was not measured); `make fuzz` runs each for 10 minutes and keeps the corpus
-# it grows in tests/fuzz/corpus/. A crash leaves its input in
-# tests/fuzz/artifacts/<target>/ and fails the run.
+# committed seeds (not yet part of `make test`: the instrumented build of
+# the host, wasmtime and candle included, was still running at the end of
+# the session that made it build); `make fuzz` runs each for 10 minutes and keeps the corpus it grows in
+# tests/fuzz/corpus/ (ignored by git; the seeds are committed). cargo-fuzz
+# is pointed at this directory with --fuzz-dir (it looks for ./fuzz by
+# default). A crash leaves its input in tests/fuzz/artifacts/<target>/ and
+# fails the run.
 FUZZ_TARGETS := request_json policy_toml gguf_header safetensors_header tokenizer
 FUZZ_SECS ?= 25
 CARGO_FUZZ_VERSION := 0.13.2
@@ -90,10 +93,10 @@ fuzz-tools:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 
 test-fuzz: fuzz-tools model
-	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -s none -a
+	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir . -s none -a
 	set -e; cd tests/fuzz; for t in $(FUZZ_TARGETS); do \
 	    mkdir -p corpus/$$t; \
-	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none -a $$t corpus/$$t seeds/$$t -- \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . -s none -a $$t corpus/$$t seeds/$$t -- \
 	        -max_total_time=$(FUZZ_SECS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
 	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | tail -n 4; \
 	    test $${PIPESTATUS[0]} -eq 0; \

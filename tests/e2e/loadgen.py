@@ -81,11 +81,18 @@ class Load:
 
     BEHAVIOURS = [
         ("models", 25), ("keepalive", 10), ("tokenize", 12), ("health", 5), ("chat", 10), ("stream", 5),
-        # slow_body (a body trickled a byte every 0.4 s) is left out: the
-        # body timeout is per chunk, not total (see test_load.py). slow_ok
-        # (headers in 8 pieces, 0.2 s in all) is left out: under this load
-        # the server reset such connections; not yet understood.
-        ("unauth", 5), ("slow_headers", 4), ("abort", 8), ("abort_early", 3),
+        # slow_ok (headers in 8 pieces, 0.2 s in all) is left out. Cause of
+        # the resets it saw under load: the server answers before the body
+        # has arrived whenever a stage refuses early (the api-key plugin
+        # missing its 50 ms deadline gives a fail-closed 503; 429; 404).
+        # hyper then makes one non-blocking read of the unread body, gives
+        # up and closes; the body bytes that arrive after the close draw an
+        # RST, and the client's next write/read fails with
+        # ConnectionResetError, the response lost. Reproduced without load:
+        # slow_ok against POST /nope is reset 10 times in 10. A fix needs a
+        # lingering close (drain the body, bounded by the body limit and
+        # deadline, before closing) in the host, and slow_ok must accept 503.
+        ("unauth", 5), ("slow_headers", 4), ("slow_body", 3), ("abort", 8), ("abort_early", 3),
         ("garbage", 2), ("oversize", 2),
     ]
 

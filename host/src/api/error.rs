@@ -44,9 +44,15 @@ pub enum ApiError {
     /// Wrong method on a known route (405).
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
-    /// The client was too slow sending the body (408).
-    #[error("the request body was not received in time")]
-    BodyTimeout,
+    /// The client was too slow sending the body (408): the whole body must
+    /// arrive within `server.body_read_timeout_secs` of the headers.
+    #[error(
+        "the request body was not received within {secs} s (server.body_read_timeout_secs); send the whole body faster"
+    )]
+    BodyTimeout {
+        /// The configured total body read timeout, in seconds.
+        secs: u64,
+    },
     /// Body over the configured limit (413).
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -122,7 +128,7 @@ impl ApiError {
             | ApiError::RouteNotFound { .. }
             | ApiError::KeyNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -142,7 +148,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", Some("request_too_large"))
             }
-            ApiError::BodyTimeout => ("invalid_request_error", Some("request_timeout")),
+            ApiError::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout")),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", Some("method_not_allowed")),
             ApiError::Unauthorized(_) => ("authentication_error", Some("invalid_api_key")),
             ApiError::Forbidden(_) => ("permission_error", Some("insufficient_scope")),
@@ -294,7 +300,11 @@ mod tests {
                 405,
                 "invalid_request_error",
             ),
-            (ApiError::BodyTimeout, 408, "invalid_request_error"),
+            (
+                ApiError::BodyTimeout { secs: 2 },
+                408,
+                "invalid_request_error",
+            ),
             (
                 ApiError::PayloadTooLarge { limit: 10 },
                 413,

@@ -8,6 +8,7 @@ use axum::http::header;
 use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
+use crate::server::body_deadline::BodyDeadlineElapsed;
 
 /// Deserializes the body strictly into `T`.
 #[derive(Debug, Clone)]
@@ -51,8 +52,10 @@ fn classify(rej: axum::extract::rejection::BytesRejection, limit: usize) -> ApiE
         if e.is::<http_body_util::LengthLimitError>() {
             return ApiError::PayloadTooLarge { limit };
         }
-        if e.is::<tower_http::timeout::TimeoutError>() {
-            return ApiError::BodyTimeout;
+        if let Some(d) = e.downcast_ref::<BodyDeadlineElapsed>() {
+            return ApiError::BodyTimeout {
+                secs: d.timeout.as_secs(),
+            };
         }
         source = e.source();
     }

@@ -1,9 +1,11 @@
 //! The HTTP server: shared state, the router, and the middleware every
-//! request passes (request id, body limit and timeout, metrics). Two
+//! request passes (request id, body limit, a total body read deadline,
+//! metrics). Two
 //! routers: the public one ([`router`]) and the admin one
 //! ([`admin_router`], for the admin listener only).
 
 pub mod admin;
+pub mod body_deadline;
 pub mod generate;
 pub mod guard;
 pub mod listener;
@@ -266,8 +268,9 @@ fn layered(r: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        .layer(middleware::from_fn_with_state(
             body_timeout,
+            body_deadline::limit,
         ))
         .layer(axum::Extension(BodyLimit(limit)))
         .with_state(state)
