@@ -214,7 +214,10 @@ class Load:
         head, _, body = req.partition(b"\r\n\r\n")
         w.write(head + b"\r\n\r\n")
         await w.drain()
-        await self.cut_off("slow_body", r, w, body, 0.4, {408})
+        # 408 once the body deadline passes; or, under saturation, the
+        # api-key plugin's fail-closed 503 (authentication runs on the
+        # headers, before the body is read).
+        await self.cut_off("slow_body", r, w, body, 0.4, {408, 503})
 
     async def do_abort(self, r, w):
         """Starts a stream, reads a little, then resets the connection."""
@@ -244,10 +247,12 @@ class Load:
 
     async def do_oversize(self, r, w):
         """Announces a body over the limit and sends one byte of it: refused
-        (413), or cut off by the body timeout (408)."""
+        (413), or cut off by the body timeout (408); authentication runs
+        first, so under saturation also the api-key plugin's fail-closed
+        503 (as for every authenticated request here)."""
         self.faults["oversized body announced"] += 1
         head = request("POST", "/tokenize", self.key).replace(b"\r\n\r\n", b"")
-        await self.simple("oversize", r, w, head + b"\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{", {413, 408})
+        await self.simple("oversize", r, w, head + b"\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{", {413, 408, 503})
 
     async def worker(self, deadline):
         while time.monotonic() < deadline:

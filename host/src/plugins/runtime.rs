@@ -363,7 +363,14 @@ impl Runtime {
             engine: self.engine.clone(),
             pre,
             ready: Mutex::new(Vec::new()),
-            prewarm: self.prewarm,
+            // A tool runs a few times per request at most, and an instance
+            // can be large (CPython is about 20 MB): keep one ready, not a
+            // pool sized for per-request stages.
+            prewarm: if spec.kind == PluginKind::Tool {
+                self.prewarm.min(1)
+            } else {
+                self.prewarm
+            },
             reaper: self.reaper.clone(),
             wake: self.wake.clone(),
             described: std::sync::OnceLock::new(),
