@@ -202,7 +202,7 @@ async fn run(
 }
 
 /// Tells the admission stages a request they admitted will not run.
-fn settle_unused(scope: &Scope, admitted: Option<&RequestContext>) {
+pub(super) fn settle_unused(scope: &Scope, admitted: Option<&RequestContext>) {
     if let Some(ctx) = admitted {
         scope.pipeline.completed(&scope.rule, ctx, 0);
     }

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::generate::settle_unused;
 use super::guard::Scope;
 use super::sandbox::{Sandbox, granted_sandbox, logs, run_tool, sandbox_function};
 use super::{ApiResult, AppState, json};
@@ -83,17 +84,12 @@ pub async fn responses(
         let r = scope.pipeline.admit(&scope.rule, &ctx, &mut recs);
         scope.add_records(recs);
         admitted = Some(ctx);
-        let settle = |a: &Option<RequestContext>| {
-            if let Some(c) = a {
-                scope.pipeline.completed(&scope.rule, c, 0)
-            }
-        };
         for rw in r? {
             if let Some(sys) = &rw.prepend_system {
                 conv.insert(0, json!({"role": "system", "content": sys}));
             }
             validate::apply_rewrite(&l.engine, &mut v0, rw.max_tokens, rw.temperature, None)
-                .inspect_err(|_| settle(&admitted))?;
+                .inspect_err(|_| settle_unused(&scope, admitted.as_ref()))?;
         }
     }
     let started = async {
@@ -102,11 +98,7 @@ pub async fn responses(
         Ok::<_, ApiError>((chain, permit))
     }
     .await;
-    let (chain, permit) = started.inspect_err(|_| {
-        if let Some(c) = &admitted {
-            scope.pipeline.completed(&scope.rule, c, 0)
-        }
-    })?;
+    let (chain, permit) = started.inspect_err(|_| settle_unused(&scope, admitted.as_ref()))?;
     let created_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -194,6 +186,12 @@ impl Events {
         let ev = Event::default().event(kind).data(data.to_string());
         tx.send(Ok(ev)).await.is_ok()
     }
+
+    /// Sends an `output_item.added` / `.done` event for the item at `index`.
+    async fn item(&mut self, kind: &str, index: usize, item: &Value) -> bool {
+        self.send(kind, json!({"output_index": index, "item": item}))
+            .await
+    }
 }
 
 struct Run {
@@ -229,11 +227,7 @@ struct Message {
 
 impl Message {
     fn with(&self, extra: Value) -> Value {
-        let mut d = self.at.clone();
-        if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
-            m.extend(e.clone());
-        }
-        d
+        merged(&self.at, &extra)
     }
 
     /// Sends a text delta; false when the client went away.
@@ -244,6 +238,15 @@ impl Message {
         )
         .await
     }
+}
+
+/// `base` with the fields of `extra` added (both JSON objects).
+fn merged(base: &Value, extra: &Value) -> Value {
+    let mut d = base.clone();
+    if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    d
 }
 
 /// How a turn ended.
@@ -406,12 +409,7 @@ impl Run {
                     "code": code, "container_id": "palisade-sandbox", "outputs": null});
                 let index = self.response.output.len();
                 let head = json!({"output_index": index, "item_id": id});
-                let mut ok = ev
-                    .send(
-                        "response.output_item.added",
-                        json!({"output_index": index, "item": item}),
-                    )
-                    .await;
+                let mut ok = ev.item("response.output_item.added", index, &item).await;
                 for (kind, extra) in [
                     ("response.code_interpreter_call.in_progress", json!({})),
                     (
@@ -424,11 +422,7 @@ impl Run {
                     ),
                     ("response.code_interpreter_call.interpreting", json!({})),
                 ] {
-                    let mut d = head.clone();
-                    if let (Some(m), Some(e)) = (d.as_object_mut(), extra.as_object()) {
-                        m.extend(e.clone());
-                    }
-                    ok = ok && ev.send(kind, d).await;
+                    ok = ok && ev.send(kind, merged(&head, &extra)).await;
                 }
                 let out = run_tool(self.sandbox_access(), &p.arguments).await;
                 self.scope.add_records([StageRecord {
@@ -450,13 +444,7 @@ impl Run {
                     && ev
                         .send("response.code_interpreter_call.completed", head.clone())
                         .await;
-                ok = ok
-                    && ev
-                        .send(
-                            "response.output_item.done",
-                            json!({"output_index": index, "item": item}),
-                        )
-                        .await;
+                ok = ok && ev.item("response.output_item.done", index, &item).await;
                 self.response.output.push(item);
                 if !ok {
                     return Ok(false);
@@ -487,18 +475,8 @@ impl Run {
     /// Adds a finished item (added and done events).
     async fn item(&mut self, ev: &mut Events, item: Value) -> bool {
         let index = self.response.output.len();
-        let ok = ev
-            .send(
-                "response.output_item.added",
-                json!({"output_index": index, "item": item}),
-            )
-            .await
-            && ev
-                .send(
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                )
-                .await;
+        let ok = ev.item("response.output_item.added", index, &item).await
+            && ev.item("response.output_item.done", index, &item).await;
         self.response.output.push(item);
         ok
     }
@@ -521,12 +499,7 @@ impl Run {
             item,
             ok: true,
         };
-        let ok = ev
-            .send(
-                "response.output_item.added",
-                json!({"output_index": index, "item": m.item}),
-            )
-            .await
+        let ok = ev.item("response.output_item.added", index, &m.item).await
             && ev
                 .send(
                     "response.content_part.added",
@@ -548,13 +521,7 @@ impl Run {
                 .await;
         m.item["status"] = "completed".into();
         m.item["content"] = json!([part]);
-        let ok = ok
-            && ev
-                .send(
-                    "response.output_item.done",
-                    json!({"output_index": m.index, "item": m.item}),
-                )
-                .await;
+        let ok = ok && ev.item("response.output_item.done", m.index, &m.item).await;
         self.response.output.push(m.item);
         ok
     }
