@@ -143,7 +143,7 @@ pub fn paged_attention(
 #[inline]
 fn dot_f16(isa: Isa, k: &[f16], q: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.avx2() {
         // SAFETY: AVX2/FMA/F16C present (isa).
         return unsafe { crate::cpu::avx2::dot_f16_f32(k, q) };
     }
@@ -154,7 +154,7 @@ fn dot_f16(isa: Isa, k: &[f16], q: &[f32]) -> f32 {
 #[inline]
 fn axpy_f16(isa: Isa, out: &mut [f32], w: f32, v: &[f16]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.avx2() {
         // SAFETY: AVX2/FMA/F16C present (isa).
         return unsafe { crate::cpu::avx2::axpy_f16(out, w, v) };
     }

@@ -5,8 +5,8 @@
 //! shared by several weights that read the same input (Q, K and V; gate and
 //! up) in a single parallel dispatch ([`matmul_many`]). Work is split over
 //! weight rows; each weight row is multiplied with up to four token rows at
-//! a time, so during prefill and batched decode a weight block is unpacked
-//! once for four tokens.
+//! a time (eight with AVX-512), so during prefill and batched decode a
+//! weight block is unpacked once for that many tokens.
 
 use crate::KernelError;
 use crate::cpu::{Isa, isa};
@@ -105,6 +105,10 @@ pub struct Activations {
     cols: usize,
     q: Vec<BlockQ8>,
     f: Vec<f32>,
+    /// The same blocks laid out for the AVX-512 kernel (filled only when
+    /// that kernel runs).
+    #[cfg(target_arch = "x86_64")]
+    wide: crate::cpu::avx512::WideActs,
 }
 
 impl Activations {
@@ -134,6 +138,10 @@ impl Activations {
                 );
                 self.q.resize(n * cols / QK, BlockQ8::default());
                 quantize_q8(x, &mut self.q);
+                #[cfg(target_arch = "x86_64")]
+                if isa() == Isa::Avx512 {
+                    self.wide.fill(&self.q, cols / QK);
+                }
             }
             ActFormat::F32 => {
                 self.f.clear();
@@ -205,13 +213,18 @@ pub fn matmul_many(
         let w = &jobs[j].0;
         let r0 = task * chunk;
         let r1 = (r0 + chunk).min(w.rows);
+        let tile = if isa == Isa::Avx512 && w.ty.quantized() {
+            8
+        } else {
+            4
+        };
         for r in r0..r1 {
             let wrow = w.row(r);
             prefetch_ahead(w, r, r1);
             let mut t = 0;
             while t < n {
-                let take = (n - t).min(4);
-                let mut res = [0f32; 4];
+                let take = (n - t).min(tile);
+                let mut res = [0f32; 8];
                 dot_rows(isa, w, wrow, acts, t, take, &mut res);
                 for k in 0..take {
                     // SAFETY: each (token, row) cell is written by exactly
@@ -285,11 +298,17 @@ fn dot_rows(
     a: &Activations,
     t: usize,
     take: usize,
-    res: &mut [f32; 4],
+    res: &mut [f32; 8],
 ) {
     let quantized = w.ty.quantized();
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa == Isa::Avx512 && quantized {
+        dot_rows_wide(w, wrow, a, t, take, res);
+        return;
+    }
+    let res: &mut [f32; 4] = (&mut res[..4]).try_into().expect("four results");
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2() {
         // SAFETY (all calls below): `isa` is Avx2 so the CPU has the
         // features; row lengths were checked against the shapes above.
         if quantized {
@@ -355,6 +374,39 @@ fn dot_rows(
     }
 }
 
+/// Up to eight rows of the AVX-512 kernel, in tiles of 8, 4, 2 and 1.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn dot_rows_wide(
+    w: &WeightRef<'_>,
+    wrow: &[u8],
+    a: &Activations,
+    t: usize,
+    take: usize,
+    res: &mut [f32; 8],
+) {
+    use crate::cpu::avx512::dot_q8;
+    let a = &a.wide;
+    let mut k = 0;
+    while k < take {
+        let left = take - k;
+        // SAFETY (each call): `isa` is Avx512, so the CPU has the features.
+        if left >= 8 {
+            res[k..k + 8].copy_from_slice(&unsafe { dot_q8::<8>(w.ty, wrow, a, t + k) });
+            k += 8;
+        } else if left >= 4 {
+            res[k..k + 4].copy_from_slice(&unsafe { dot_q8::<4>(w.ty, wrow, a, t + k) });
+            k += 4;
+        } else if left >= 2 {
+            res[k..k + 2].copy_from_slice(&unsafe { dot_q8::<2>(w.ty, wrow, a, t + k) });
+            k += 2;
+        } else {
+            res[k] = unsafe { dot_q8::<1>(w.ty, wrow, a, t + k) }[0];
+            k += 1;
+        }
+    }
+}
+
 /// The plain reference: dequantize the weights and multiply in `f64`.
 pub fn matmul_reference(w: &WeightRef<'_>, x: &[f32], n: usize) -> Vec<f32> {
     let mut y = vec![0f32; n * w.rows];
@@ -383,8 +435,9 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// Every type, every token count (1..=9 covers the 4/2/1 tails), SIMD
-    /// and scalar, against the dequantized f64 reference. Tolerance: the
+    /// Every type, token counts covering every tile tail (1..=9, 13, 16, 17
+    /// cover the 8/4/2/1 tiles), SIMD and scalar, odd and even block counts,
+    /// against the dequantized f64 reference. Tolerance: the
     /// error of quantizing activations to 8 bits, about 1% of the row's
     /// absolute dot mass.
     #[test]
@@ -399,11 +452,13 @@ mod tests {
             WeightType::BF16,
             WeightType::F32,
         ] {
-            let (rows, cols) = (37, 96);
-            let wf = random(&mut rng, rows * cols);
-            let bytes: Vec<u8> = wf.chunks(cols).flat_map(|r| quantize_row(ty, r)).collect();
-            let w = WeightRef::new(ty, &bytes, rows, cols).unwrap();
-            for n in 1..=9 {
+            for (rows, cols, n) in (1..=9)
+                .chain([13, 16, 17])
+                .flat_map(|n| [(37, 96, n), (11, 64, n)])
+            {
+                let wf = random(&mut rng, rows * cols);
+                let bytes: Vec<u8> = wf.chunks(cols).flat_map(|r| quantize_row(ty, r)).collect();
+                let w = WeightRef::new(ty, &bytes, rows, cols).unwrap();
                 let x = random(&mut rng, n * cols);
                 let reference = matmul_reference(&w, &x, n);
                 let acts = Activations::quantize(&x, n, cols, w.activation_format());
@@ -451,6 +506,40 @@ mod tests {
                 (s - v).abs() <= 1e-3 * s.abs().max(1.0),
                 "{ty:?}: {s} vs {v}"
             );
+        }
+    }
+
+    /// The AVX-512 kernel computes the same integer block sums as the scalar
+    /// path (the +128 offset is taken back exactly), for even and odd block
+    /// counts and every tile width.
+    #[test]
+    fn avx512_dot_equals_scalar_dot() {
+        if crate::cpu::detect() != Isa::Avx512 {
+            eprintln!("skipping: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(13);
+        for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0] {
+            for cols in [32, 64, 96, 576, 1536] {
+                let nb = cols / QK;
+                let w = quantize_row(ty, &random(&mut rng, cols));
+                let mut blocks = vec![BlockQ8::default(); 8 * nb];
+                quantize_q8_scalar(&random(&mut rng, 8 * cols), &mut blocks);
+                let mut wide = crate::cpu::avx512::WideActs::default();
+                wide.fill(&blocks, nb);
+                // SAFETY: AVX-512 VNNI detected above.
+                let got = unsafe { crate::cpu::avx512::dot_q8::<8>(ty, &w, &wide, 0) };
+                // SAFETY: as above.
+                let one = unsafe { crate::cpu::avx512::dot_q8::<1>(ty, &w, &wide, 3) };
+                assert_eq!(one[0], got[3], "{ty:?} cols={cols}: tile widths differ");
+                for (k, v) in got.iter().enumerate() {
+                    let s = dot_q8_scalar(ty, &w, &blocks[k * nb..(k + 1) * nb]);
+                    assert!(
+                        (s - v).abs() <= 1e-4 * s.abs().max(1.0),
+                        "{ty:?} cols={cols} row {k}: {s} vs {v}"
+                    );
+                }
+            }
         }
     }
 }

@@ -123,7 +123,7 @@ pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8]) {
 /// Quantizes `x` into `out` with the fastest available path.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
+    if crate::cpu::isa().avx2() {
         // SAFETY: the CPU supports AVX2/FMA/F16C (checked by `isa`).
         unsafe { crate::cpu::avx2::quantize_q8(x, out) };
         return;

@@ -1,0 +1,226 @@
+//! AVX-512 (F, BW) + VNNI quantized dot products. Every function here is
+//! `unsafe` because it must only be called after [`super::isa`] returned
+//! [`super::Isa::Avx512`]; callers state that in a `SAFETY` comment.
+//!
+//! The kernel multiplies one weight row with up to eight activation rows and
+//! takes two 32-element blocks per 512-bit register. `vpdpbusd` multiplies
+//! unsigned by signed bytes, so activations are stored offset by 128
+//! ([`WideActs`]: `u = q + 128`, in `1..=255`) and the weights stay signed
+//! (`Q4_0`: `q - 8`, `Q4_1`: `q`, `Q8_0`: `q`). The offset is taken back in
+//! integers before the block is scaled: `sum(u * w) - 128 * sum(w)` equals
+//! `sum(q * w)` exactly, so the result is the same integer dot product as
+//! the AVX2 and scalar paths. The `128 * sum(w)` term depends on the weight
+//! block alone and is computed once for all activation rows.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use crate::quant::{QK, WeightType};
+
+/// Activations laid out for this kernel: for each row, the `cols` quantized
+/// values offset by 128 (`u`), each block's scale (`d`) and each block's
+/// `d * sum(q)` (`s`, for `Q4_1`'s minimum term).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WideActs {
+    pub(crate) u: Vec<u8>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) s: Vec<f32>,
+    pub(crate) nb: usize,
+}
+
+impl WideActs {
+    /// Fills the layout from the blocks of `n` rows of `nb` blocks each.
+    pub(crate) fn fill(&mut self, blocks: &[crate::quant::BlockQ8], nb: usize) {
+        self.nb = nb;
+        self.u.clear();
+        self.d.clear();
+        self.s.clear();
+        for b in blocks {
+            self.u.extend(b.qs.iter().map(|&q| (q as u8) ^ 0x80));
+            self.d.push(b.d);
+            self.s.push(b.s);
+        }
+    }
+}
+
+/// Weight block formats as const parameters, so the kernel's inner loop
+/// has no type dispatch.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        _ => 34,
+    }
+}
+
+/// The signed weights of blocks `i` and `i + 1` (or of block `i` alone in
+/// the low half when `pair` is false) in element order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn load_weights<const T: u8>(b0: *const u8, pair: bool) -> __m512i {
+    let bb = block_bytes(T);
+    // SAFETY: the caller guarantees block `i` (and `i + 1` when `pair`) lie
+    // within the row; the offsets below are inside a block of `T`.
+    unsafe {
+        if T == Q8_0 {
+            let lo = _mm256_loadu_si256(b0.add(2) as *const __m256i);
+            let hi = if pair {
+                _mm256_loadu_si256(b0.add(bb + 2) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
+            return _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        }
+        let off = if T == Q4_1 { 4 } else { 2 };
+        let r0 = _mm_loadu_si128(b0.add(off) as *const __m128i);
+        let r1 = if pair {
+            _mm_loadu_si128(b0.add(bb + off) as *const __m128i)
+        } else {
+            _mm_setzero_si128()
+        };
+        // 128-bit lanes: r0, r0, r1, r1; the odd lanes take the high
+        // nibbles (elements 16..32 of each block).
+        let v = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set_m128i(r0, r0)),
+            _mm256_set_m128i(r1, r1),
+        );
+        let m = _mm512_set1_epi8(0x0f);
+        let lo = _mm512_and_si512(v, m);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m);
+        let q = _mm512_mask_blend_epi64(0b1100_1100, lo, hi);
+        if T == Q4_0 {
+            // q - 8; an empty upper block stays zero.
+            let k: __mmask64 = if pair { !0 } else { 0xffff_ffff };
+            _mm512_maskz_sub_epi8(k, q, _mm512_set1_epi8(8))
+        } else {
+            q
+        }
+    }
+}
+
+/// Dot products of one quantized weight row (`ty`, as many blocks as the
+/// activations have) with the `N` activation rows `t0..t0 + N` of `a`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VNNI and AVX2/FMA/F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q8<const N: usize>(
+    ty: WeightType,
+    w: &[u8],
+    a: &WideActs,
+    t0: usize,
+) -> [f32; N] {
+    let nb = a.nb;
+    assert!(w.len() >= ty.row_bytes(nb * QK));
+    assert!((t0 + N) * nb <= a.d.len() && a.s.len() == a.d.len() && a.u.len() == a.d.len() * QK);
+    let (u, d, s) = (
+        a.u[t0 * nb * QK..].as_ptr(),
+        a.d[t0 * nb..].as_ptr(),
+        a.s[t0 * nb..].as_ptr(),
+    );
+    // SAFETY: extents asserted above; the caller guarantees the features.
+    unsafe {
+        match ty {
+            WeightType::Q4_0 => dot::<Q4_0, N>(w.as_ptr(), nb, u, d, s),
+            WeightType::Q4_1 => dot::<Q4_1, N>(w.as_ptr(), nb, u, d, s),
+            WeightType::Q8_0 => dot::<Q8_0, N>(w.as_ptr(), nb, u, d, s),
+            _ => unreachable!("dot_q8 called with a float type"),
+        }
+    }
+}
+
+/// The kernel of [`dot_q8`] for block format `T`, on raw pointers to `N`
+/// consecutive activation rows of `nb` blocks whose extents the caller
+/// checked.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot<const T: u8, const N: usize>(
+    w: *const u8,
+    nb: usize,
+    u0: *const u8,
+    d0: *const f32,
+    s0: *const f32,
+) -> [f32; N] {
+    // SAFETY: rows are `nb` blocks apart; the caller checked N rows.
+    let (u, drows, s): ([*const u8; N], [*const f32; N], [*const f32; N]) = unsafe {
+        (
+            std::array::from_fn(|n| u0.add(n * nb * QK)),
+            std::array::from_fn(|n| d0.add(n * nb)),
+            std::array::from_fn(|n| s0.add(n * nb)),
+        )
+    };
+    let bb = block_bytes(T);
+    let ones128 = _mm512_set1_epi8(-128);
+    let zero = _mm512_setzero_si512();
+    // Byte offsets of 16 consecutive blocks, for gathering their scales
+    // (and, for Q4_1, minimums: the dword at a block's start is `d | m << 16`).
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(bb as i32),
+    );
+    // Lanes are summed only at the end, so every term (block products and
+    // Q4_1's minimums) goes into one accumulator per row.
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut c = 0;
+    while c < nb {
+        let len = (nb - c).min(16);
+        let gmask: __mmask16 = if len == 16 { !0 } else { (1u16 << len) - 1 };
+        // SAFETY: the mask limits the gather to the blocks `c..c + len` of
+        // the row; each reads the first 4 bytes of its block.
+        let g = unsafe {
+            _mm512_mask_i32gather_epi32::<1>(zero, gmask, offsets, w.add(c * bb) as *const _)
+        };
+        let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+        // The 16 scale products `dw[i] * da[i]` of each row, one multiply.
+        let mut sc = [_mm512_setzero_ps(); N];
+        for n in 0..N {
+            // SAFETY: the mask keeps the loads within blocks `c..c + len`.
+            let da = unsafe { _mm512_maskz_loadu_ps(gmask, drows[n].add(c)) };
+            sc[n] = _mm512_mul_ps(dw, da);
+        }
+        if T == Q4_1 {
+            let mv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(g)));
+            for n in 0..N {
+                // SAFETY: the mask keeps the load within `s[n][c..c + len]`.
+                let sv = unsafe { _mm512_maskz_loadu_ps(gmask, s[n].add(c)) };
+                acc[n] = _mm512_fmadd_ps(mv, sv, acc[n]);
+            }
+        }
+        for p in 0..8 {
+            if 2 * p >= len {
+                break;
+            }
+            let i = c + 2 * p;
+            let pair = 2 * p + 1 < len;
+            // SAFETY: block `i` (and `i + 1` when `pair`) is within the row.
+            let wq = unsafe { load_weights::<T>(w.add(i * bb), pair) };
+            // -128 * (lane sums of w): vpdpbusd reads 0x80 as unsigned 128.
+            let neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, ones128, wq));
+            // Lanes 0..8 take block 2p's scale, lanes 8..16 block 2p+1's.
+            let idx = _mm512_mask_blend_epi32(
+                0xff00,
+                _mm512_set1_epi32(2 * p as i32),
+                _mm512_set1_epi32(2 * p as i32 + 1),
+            );
+            let bmask: __mmask64 = if pair { !0 } else { 0xffff_ffff };
+            for n in 0..N {
+                // SAFETY: the mask keeps the load inside row `n`'s blocks
+                // `i` and `i + 1` (or block `i` alone).
+                let au = unsafe { _mm512_maskz_loadu_epi8(bmask, u[n].add(i * QK) as *const i8) };
+                let prod = _mm512_dpbusd_epi32(neg, au, wq);
+                let scale = _mm512_permutexvar_ps(idx, sc[n]);
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, acc[n]);
+            }
+        }
+        c += 16;
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = _mm512_reduce_add_ps(acc[n]);
+    }
+    out
+}
