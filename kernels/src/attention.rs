@@ -126,15 +126,15 @@ pub fn paged_attention(
                 }
             }
             crate::ops::softmax(sc);
+            // llama.cpp multiplies V by the probabilities rounded to f16.
+            for p in sc.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
             let mut j = 0;
             for (base, n) in runs {
-                for p in 0..n {
-                    let i = base + p * width;
-                    // llama.cpp multiplies V by the probabilities rounded
-                    // to f16.
-                    axpy_f16(isa, o, f16::from_f32(sc[j]).to_f32(), &kv.v[i..i + hd]);
-                    j += 1;
-                }
+                let v = &kv.v[base..base + (n - 1) * width + hd];
+                weighted_rows_f16(isa, o, &sc[j..j + n], v, width);
+                j += n;
             }
         });
     });
@@ -151,16 +151,21 @@ fn dot_f16(isa: Isa, k: &[f16], q: &[f32]) -> f32 {
     k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
 }
 
+/// `out[d] += sum_p w[p] * v[p * stride + d]` for `d < out.len()`: one
+/// block's positions of one head, accumulated in registers.
 #[inline]
-fn axpy_f16(isa: Isa, out: &mut [f32], w: f32, v: &[f16]) {
+fn weighted_rows_f16(isa: Isa, out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
+    assert!(w.is_empty() || v.len() >= (w.len() - 1) * stride + out.len());
     #[cfg(target_arch = "x86_64")]
     if isa.avx2() {
-        // SAFETY: AVX2/FMA/F16C present (isa).
-        return unsafe { crate::cpu::avx2::axpy_f16(out, w, v) };
+        // SAFETY: AVX2/FMA/F16C present (isa); extent asserted above.
+        return unsafe { crate::cpu::avx2::weighted_rows_f16(out, w, v, stride) };
     }
     let _ = isa;
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += w * x.to_f32();
+    for (p, &wp) in w.iter().enumerate() {
+        for (o, x) in out.iter_mut().zip(&v[p * stride..]) {
+            *o += wp * x.to_f32();
+        }
     }
 }
 
@@ -213,16 +218,23 @@ mod tests {
     /// to f16 (relative 5e-4) as llama.cpp does; everything else is f32.
     /// Three sequences of different lengths share one batch; their blocks
     /// are scattered through the pool in shuffled order.
+    /// Head sizes 64 (the register-tiled path) and 40 (its scalar tail).
     #[test]
     fn paged_attention_matches_reference_with_gqa() {
+        for hd in [64, 40] {
+            check_paged_attention(hd);
+        }
+    }
+
+    fn check_paged_attention(hd: usize) {
         let mut rng = StdRng::seed_from_u64(3);
         let s = AttnShape {
             n_heads: 6,
             n_kv_heads: 2,
-            head_dim: 64,
+            head_dim: hd,
             scale: 0.125,
         };
-        let (bs, width) = (4, 2 * 64);
+        let (bs, width) = (4, 2 * hd);
         let pool = ThreadPool::new(2);
         // (cached positions before the batch, query rows in the batch)
         let seqs = [(0usize, 7usize), (5, 1), (9, 3), (0, 1)];
@@ -255,7 +267,7 @@ mod tests {
                 k[at..at + width].copy_from_slice(&kc[p * width..(p + 1) * width]);
                 v[at..at + width].copy_from_slice(&vc[p * width..(p + 1) * width]);
             }
-            let qs: Vec<f32> = (0..n_tok * 6 * 64)
+            let qs: Vec<f32> = (0..n_tok * 6 * hd)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
             expect.extend(attention_reference(&s, &qs, &kc, &vc, start, n_tok));
@@ -279,7 +291,7 @@ mod tests {
             assert!((a - b).abs() < 2e-3, "{a} vs {b} at {i}");
         }
         // A row's result does not depend on its batch: each row alone.
-        let row_len = 6 * 64;
+        let row_len = 6 * hd;
         for (t, r) in rows.iter().enumerate() {
             let mut one = vec![0f32; row_len];
             let qr = &q[t * row_len..(t + 1) * row_len];

@@ -237,26 +237,45 @@ pub(crate) unsafe fn dot_f16_f32(k: &[half::f16], q: &[f32]) -> f32 {
     s
 }
 
-/// `out[i] += w * v[i]` with `v` in f16.
+/// `out[d] += sum_p w[p] * v[p * stride + d]` with `v` in f16, 32 values
+/// of `out` at a time held in registers across all `p`.
 ///
 /// # Safety
-/// The CPU must support AVX2/FMA/F16C.
+/// The CPU must support AVX2/FMA/F16C;
+/// `v.len() >= (w.len() - 1) * stride + out.len()` when `w` is not empty.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[half::f16]) {
-    let n = out.len().min(v.len());
-    let wv = _mm256_set1_ps(w);
-    let main = n / 8 * 8;
-    let mut j = 0;
-    while j < main {
-        // SAFETY: `j + 8 <= n`.
+pub(crate) unsafe fn weighted_rows_f16(out: &mut [f32], w: &[f32], v: &[half::f16], stride: usize) {
+    let n = out.len();
+    let main = n / 32 * 32;
+    let vp = v.as_ptr();
+    let mut d = 0;
+    while d < main {
+        // SAFETY: `d + 32 <= n`; row `p` of `v` holds `n` values at `p * stride`.
         unsafe {
-            let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(j) as *const __m128i));
-            let o = _mm256_loadu_ps(out.as_ptr().add(j));
-            _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_fmadd_ps(wv, vv, o));
+            let op = out.as_mut_ptr().add(d);
+            let mut a = [
+                _mm256_loadu_ps(op),
+                _mm256_loadu_ps(op.add(8)),
+                _mm256_loadu_ps(op.add(16)),
+                _mm256_loadu_ps(op.add(24)),
+            ];
+            for (p, &wp) in w.iter().enumerate() {
+                let wv = _mm256_set1_ps(wp);
+                let r = vp.add(p * stride + d) as *const __m128i;
+                for (k, acc) in a.iter_mut().enumerate() {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.add(k)));
+                    *acc = _mm256_fmadd_ps(wv, x, *acc);
+                }
+            }
+            for (k, acc) in a.iter().enumerate() {
+                _mm256_storeu_ps(op.add(8 * k), *acc);
+            }
         }
-        j += 8;
+        d += 32;
     }
-    for t in main..n {
-        out[t] += w * v[t].to_f32();
+    for (p, &wp) in w.iter().enumerate() {
+        for j in main..n {
+            out[j] += wp * v[p * stride + j].to_f32();
+        }
     }
 }
