@@ -120,10 +120,13 @@ pub fn paged_attention(
         SCORES.with_borrow_mut(|sc| {
             sc.clear();
             for (base, n) in runs.clone() {
-                for p in 0..n {
-                    let i = base + p * width;
-                    sc.push(dot_f16(isa, &kv.k[i..i + hd], qh) * s.scale);
-                }
+                let from = sc.len();
+                sc.resize(from + n, 0.0);
+                let k = &kv.k[base..base + (n - 1) * width + hd];
+                dots_f16(isa, k, width, qh, &mut sc[from..]);
+            }
+            for x in sc.iter_mut() {
+                *x *= s.scale;
             }
             crate::ops::softmax(sc);
             // llama.cpp multiplies V by the probabilities rounded to f16.
@@ -141,14 +144,22 @@ pub fn paged_attention(
 }
 
 #[inline]
-fn dot_f16(isa: Isa, k: &[f16], q: &[f32]) -> f32 {
+/// `out[p] = k[p * stride..][..q.len()] . q`: one block's keys of one head.
+fn dots_f16(isa: Isa, k: &[f16], stride: usize, q: &[f32], out: &mut [f32]) {
+    assert!(out.is_empty() || k.len() >= (out.len() - 1) * stride + q.len());
     #[cfg(target_arch = "x86_64")]
     if isa.avx2() {
-        // SAFETY: AVX2/FMA/F16C present (isa).
-        return unsafe { crate::cpu::avx2::dot_f16_f32(k, q) };
+        // SAFETY: AVX2/FMA/F16C present (isa); extent asserted above.
+        return unsafe { crate::cpu::avx2::dots_f16_f32(k, stride, q, out) };
     }
     let _ = isa;
-    k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = k[p * stride..]
+            .iter()
+            .zip(q)
+            .map(|(a, b)| a.to_f32() * b)
+            .sum();
+    }
 }
 
 /// `out[d] += sum_p w[p] * v[p * stride + d]` for `d < out.len()`: one

@@ -220,7 +220,10 @@ pub fn matmul_many(
         };
         for r in r0..r1 {
             let wrow = w.row(r);
-            prefetch_ahead(w, r, r1);
+            if n <= 2 {
+                // Batches of more rows are bound by compute, not memory.
+                prefetch_ahead(w, r, r1);
+            }
             let mut t = 0;
             while t < n {
                 let take = (n - t).min(tile);

@@ -237,6 +237,56 @@ pub(crate) unsafe fn dot_f16_f32(k: &[half::f16], q: &[f32]) -> f32 {
     s
 }
 
+/// `out[p] = sum_d k[p * stride + d] * q[d]` for `p < out.len()`, `k` in
+/// f16: four positions at a time share the loads of `q` and one horizontal
+/// reduction.
+///
+/// # Safety
+/// The CPU must support AVX2/FMA/F16C;
+/// `k.len() >= (out.len() - 1) * stride + q.len()` when `out` is not empty.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dots_f16_f32(k: &[half::f16], stride: usize, q: &[f32], out: &mut [f32]) {
+    let hd = q.len();
+    let main = hd / 8 * 8;
+    let n = out.len();
+    let kp = k.as_ptr();
+    let mut p = 0;
+    while p + 4 <= n {
+        let mut a = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j < main {
+            // SAFETY: `j + 8 <= hd`; row `p + r` holds `hd` values.
+            unsafe {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(j));
+                for (r, acc) in a.iter_mut().enumerate() {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(
+                        kp.add((p + r) * stride + j) as *const __m128i
+                    ));
+                    *acc = _mm256_fmadd_ps(kv, qv, *acc);
+                }
+            }
+            j += 8;
+        }
+        // [A01 A23 B01 B23 | A45 A67 B45 B67] and likewise for C, D; then
+        // [A0-3 B0-3 C0-3 D0-3 | A4-7 ...]; the two halves added.
+        let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let mut r4 = [0f32; 4];
+        // SAFETY: `r4` holds 4 floats.
+        unsafe { _mm_storeu_ps(r4.as_mut_ptr(), s4) };
+        for r in 0..4 {
+            let row = &k[(p + r) * stride..];
+            out[p + r] = r4[r] + (main..hd).map(|d| row[d].to_f32() * q[d]).sum::<f32>();
+        }
+        p += 4;
+    }
+    while p < n {
+        // SAFETY: row `p` holds `hd` values.
+        out[p] = unsafe { dot_f16_f32(&k[p * stride..p * stride + hd], q) };
+        p += 1;
+    }
+}
+
 /// `out[d] += sum_p w[p] * v[p * stride + d]` with `v` in f16, 32 values
 /// of `out` at a time held in registers across all `p`.
 ///

@@ -4,25 +4,29 @@
 //!
 //! The kernel multiplies one weight row with up to eight activation rows and
 //! takes two 32-element blocks per 512-bit register. `vpdpbusd` multiplies
-//! unsigned by signed bytes, so activations are stored offset by 128
-//! ([`WideActs`]: `u = q + 128`, in `1..=255`) and the weights stay signed
-//! (`Q4_0`: `q - 8`, `Q4_1`: `q`, `Q8_0`: `q`). The offset is taken back in
-//! integers before the block is scaled: `sum(u * w) - 128 * sum(w)` equals
-//! `sum(q * w)` exactly, so the result is the same integer dot product as
-//! the AVX2 and scalar paths. The `128 * sum(w)` term depends on the weight
-//! block alone and is computed once for all activation rows.
+//! unsigned by signed bytes: the weights go in unsigned (`Q4_0` and `Q4_1`:
+//! the nibble `q` in `0..16`; `Q8_0`: `q + 128`) and the activations signed.
+//! The offset (`8` for `Q4_0`, `128` for `Q8_0`) is taken back in integers:
+//! each product starts from `-offset * (sums of 4 activations)`, stored with
+//! the activations ([`WideActs`]), so every block's integer dot product is
+//! exactly the one the AVX2 and scalar paths compute. Per activation row and
+//! pair of blocks the loop does one `vpdpbusd`, one permute (the scales),
+//! one conversion and one FMA.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
 use crate::quant::{QK, WeightType};
 
-/// Activations laid out for this kernel: for each row, the `cols` quantized
-/// values offset by 128 (`u`), each block's scale (`d`) and each block's
-/// `d * sum(q)` (`s`, for `Q4_1`'s minimum term).
+/// Activations laid out for this kernel, row after row: the `cols`
+/// quantized values (`q`), `-8` and `-128` times each sum of 4 consecutive
+/// values (`n8`, `n128`: the starting points of `Q4_0` and `Q8_0` products),
+/// each block's scale (`d`) and `d * sum(q)` (`s`, for `Q4_1`'s minimum).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct WideActs {
-    pub(crate) u: Vec<u8>,
+    pub(crate) q: Vec<i8>,
+    pub(crate) n8: Vec<i32>,
+    pub(crate) n128: Vec<i32>,
     pub(crate) d: Vec<f32>,
     pub(crate) s: Vec<f32>,
     pub(crate) nb: usize,
@@ -32,11 +36,18 @@ impl WideActs {
     /// Fills the layout from the blocks of `n` rows of `nb` blocks each.
     pub(crate) fn fill(&mut self, blocks: &[crate::quant::BlockQ8], nb: usize) {
         self.nb = nb;
-        self.u.clear();
+        self.q.clear();
+        self.n8.clear();
+        self.n128.clear();
         self.d.clear();
         self.s.clear();
         for b in blocks {
-            self.u.extend(b.qs.iter().map(|&q| (q as u8) ^ 0x80));
+            self.q.extend_from_slice(&b.qs);
+            for four in b.qs.chunks_exact(4) {
+                let sum: i32 = four.iter().map(|&v| v as i32).sum();
+                self.n8.push(-8 * sum);
+                self.n128.push(-128 * sum);
+            }
             self.d.push(b.d);
             self.s.push(b.s);
         }
@@ -57,8 +68,8 @@ const fn block_bytes(t: u8) -> usize {
     }
 }
 
-/// The signed weights of blocks `i` and `i + 1` (or of block `i` alone in
-/// the low half when `pair` is false) in element order.
+/// The unsigned weights of blocks `i` and `i + 1` (or of block `i` alone
+/// in the low half when `pair` is false) in element order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn load_weights<const T: u8>(b0: *const u8, pair: bool) -> __m512i {
@@ -73,7 +84,8 @@ unsafe fn load_weights<const T: u8>(b0: *const u8, pair: bool) -> __m512i {
             } else {
                 _mm256_setzero_si256()
             };
-            return _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            return _mm512_xor_si512(v, _mm512_set1_epi8(-128));
         }
         let off = if T == Q4_1 { 4 } else { 2 };
         let r0 = _mm_loadu_si128(b0.add(off) as *const __m128i);
@@ -91,14 +103,7 @@ unsafe fn load_weights<const T: u8>(b0: *const u8, pair: bool) -> __m512i {
         let m = _mm512_set1_epi8(0x0f);
         let lo = _mm512_and_si512(v, m);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m);
-        let q = _mm512_mask_blend_epi64(0b1100_1100, lo, hi);
-        if T == Q4_0 {
-            // q - 8; an empty upper block stays zero.
-            let k: __mmask64 = if pair { !0 } else { 0xffff_ffff };
-            _mm512_maskz_sub_epi8(k, q, _mm512_set1_epi8(8))
-        } else {
-            q
-        }
+        _mm512_mask_blend_epi64(0b1100_1100, lo, hi)
     }
 }
 
@@ -115,22 +120,40 @@ pub(crate) unsafe fn dot_q8<const N: usize>(
     t0: usize,
 ) -> [f32; N] {
     let nb = a.nb;
+    let rows = a.d.len() / nb.max(1);
     assert!(w.len() >= ty.row_bytes(nb * QK));
-    assert!((t0 + N) * nb <= a.d.len() && a.s.len() == a.d.len() && a.u.len() == a.d.len() * QK);
-    let (u, d, s) = (
-        a.u[t0 * nb * QK..].as_ptr(),
-        a.d[t0 * nb..].as_ptr(),
-        a.s[t0 * nb..].as_ptr(),
-    );
+    assert!(t0 + N <= rows && a.q.len() == a.d.len() * QK && a.s.len() == a.d.len());
+    assert!(a.n8.len() == a.d.len() * 8 && a.n128.len() == a.d.len() * 8);
+    let init = if ty == WeightType::Q8_0 {
+        &a.n128
+    } else {
+        &a.n8
+    };
+    let rows = Rows {
+        q: a.q[t0 * nb * QK..].as_ptr(),
+        init: init[t0 * nb * 8..].as_ptr(),
+        d: a.d[t0 * nb..].as_ptr(),
+        s: a.s[t0 * nb..].as_ptr(),
+    };
     // SAFETY: extents asserted above; the caller guarantees the features.
     unsafe {
         match ty {
-            WeightType::Q4_0 => dot::<Q4_0, N>(w.as_ptr(), nb, u, d, s),
-            WeightType::Q4_1 => dot::<Q4_1, N>(w.as_ptr(), nb, u, d, s),
-            WeightType::Q8_0 => dot::<Q8_0, N>(w.as_ptr(), nb, u, d, s),
+            WeightType::Q4_0 => dot::<Q4_0, N>(w.as_ptr(), nb, rows),
+            WeightType::Q4_1 => dot::<Q4_1, N>(w.as_ptr(), nb, rows),
+            WeightType::Q8_0 => dot::<Q8_0, N>(w.as_ptr(), nb, rows),
             _ => unreachable!("dot_q8 called with a float type"),
         }
     }
+}
+
+/// Pointers to the first of `N` consecutive activation rows of a
+/// [`WideActs`]; rows are `nb` blocks apart.
+#[derive(Clone, Copy)]
+struct Rows {
+    q: *const i8,
+    init: *const i32,
+    d: *const f32,
+    s: *const f32,
 }
 
 /// The kernel of [`dot_q8`] for block format `T`, on raw pointers to `N`
@@ -138,23 +161,8 @@ pub(crate) unsafe fn dot_q8<const N: usize>(
 /// checked.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot<const T: u8, const N: usize>(
-    w: *const u8,
-    nb: usize,
-    u0: *const u8,
-    d0: *const f32,
-    s0: *const f32,
-) -> [f32; N] {
-    // SAFETY: rows are `nb` blocks apart; the caller checked N rows.
-    let (u, drows, s): ([*const u8; N], [*const f32; N], [*const f32; N]) = unsafe {
-        (
-            std::array::from_fn(|n| u0.add(n * nb * QK)),
-            std::array::from_fn(|n| d0.add(n * nb)),
-            std::array::from_fn(|n| s0.add(n * nb)),
-        )
-    };
+unsafe fn dot<const T: u8, const N: usize>(w: *const u8, nb: usize, r: Rows) -> [f32; N] {
     let bb = block_bytes(T);
-    let ones128 = _mm512_set1_epi8(-128);
     let zero = _mm512_setzero_si512();
     // Byte offsets of 16 consecutive blocks, for gathering their scales
     // (and, for Q4_1, minimums: the dword at a block's start is `d | m << 16`).
@@ -178,15 +186,16 @@ unsafe fn dot<const T: u8, const N: usize>(
         // The 16 scale products `dw[i] * da[i]` of each row, one multiply.
         let mut sc = [_mm512_setzero_ps(); N];
         for n in 0..N {
-            // SAFETY: the mask keeps the loads within blocks `c..c + len`.
-            let da = unsafe { _mm512_maskz_loadu_ps(gmask, drows[n].add(c)) };
+            // SAFETY: the mask keeps the loads within row `n`'s blocks
+            // `c..c + len`.
+            let da = unsafe { _mm512_maskz_loadu_ps(gmask, r.d.add(n * nb + c)) };
             sc[n] = _mm512_mul_ps(dw, da);
         }
         if T == Q4_1 {
             let mv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(g)));
             for n in 0..N {
-                // SAFETY: the mask keeps the load within `s[n][c..c + len]`.
-                let sv = unsafe { _mm512_maskz_loadu_ps(gmask, s[n].add(c)) };
+                // SAFETY: as above.
+                let sv = unsafe { _mm512_maskz_loadu_ps(gmask, r.s.add(n * nb + c)) };
                 acc[n] = _mm512_fmadd_ps(mv, sv, acc[n]);
             }
         }
@@ -198,20 +207,31 @@ unsafe fn dot<const T: u8, const N: usize>(
             let pair = 2 * p + 1 < len;
             // SAFETY: block `i` (and `i + 1` when `pair`) is within the row.
             let wq = unsafe { load_weights::<T>(w.add(i * bb), pair) };
-            // -128 * (lane sums of w): vpdpbusd reads 0x80 as unsigned 128.
-            let neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, ones128, wq));
             // Lanes 0..8 take block 2p's scale, lanes 8..16 block 2p+1's.
             let idx = _mm512_mask_blend_epi32(
                 0xff00,
                 _mm512_set1_epi32(2 * p as i32),
                 _mm512_set1_epi32(2 * p as i32 + 1),
             );
-            let bmask: __mmask64 = if pair { !0 } else { 0xffff_ffff };
+            let (bmask, lmask): (__mmask64, __mmask16) = if pair {
+                (!0, !0)
+            } else {
+                (0xffff_ffff, 0x00ff)
+            };
             for n in 0..N {
-                // SAFETY: the mask keeps the load inside row `n`'s blocks
+                // SAFETY: the masks keep both loads inside row `n`'s blocks
                 // `i` and `i + 1` (or block `i` alone).
-                let au = unsafe { _mm512_maskz_loadu_epi8(bmask, u[n].add(i * QK) as *const i8) };
-                let prod = _mm512_dpbusd_epi32(neg, au, wq);
+                let (aq, start) = unsafe {
+                    (
+                        _mm512_maskz_loadu_epi8(bmask, r.q.add((n * nb + i) * QK)),
+                        if T == Q4_1 {
+                            zero
+                        } else {
+                            _mm512_maskz_loadu_epi32(lmask, r.init.add((n * nb + i) * 8))
+                        },
+                    )
+                };
+                let prod = _mm512_dpbusd_epi32(start, wq, aq);
                 let scale = _mm512_permutexvar_ps(idx, sc[n]);
                 acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, acc[n]);
             }
