@@ -98,7 +98,7 @@ pub(crate) fn matmul_group(
             .iter()
             .all(|(l, _)| l.act_format() == fmt && l.cols == cols);
     if let (true, Some(fmt)) = (shared, fmt) {
-        acts.prepare(x, n, cols, fmt);
+        acts.prepare_par(pool, x, n, cols, fmt);
         let mut refs: Vec<(WeightRef<'_>, &mut [f32])> = jobs
             .iter_mut()
             .filter_map(|(l, y)| l.weight().map(|w| (w, &mut **y)))
@@ -109,7 +109,7 @@ pub(crate) fn matmul_group(
     for (l, y) in jobs.iter_mut() {
         match l.weight() {
             Some(w) => {
-                acts.prepare(x, n, l.cols, w.activation_format());
+                acts.prepare_par(pool, x, n, l.cols, w.activation_format());
                 matmul_many(pool, &mut [(w, &mut **y)], acts);
             }
             None => crate::kquant::matmul(pool, l.t.ty, l.t.bytes(), l.rows, l.cols, x, n, y),

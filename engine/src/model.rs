@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use palisade_kernels::attention::{AttnShape, PagedKv, QueryRow, paged_attention};
 use palisade_kernels::matmul::Activations;
-use palisade_kernels::ops::{Rope, add_assign, rms_norm, silu_mul};
+use palisade_kernels::ops::{Rope, add_assign, rms_norm, silu_mul_rows};
 use palisade_kernels::pool::ThreadPool;
 
 use crate::config::ModelConfig;
@@ -381,7 +381,7 @@ impl Model {
                 n,
                 &mut [(&l.w_gate, &mut ws.gate), (&l.w_up, &mut ws.up)],
             );
-            silu_mul(&mut ws.gate, &ws.up);
+            silu_mul_rows(pool, &mut ws.gate, &ws.up, n);
             matmul_group(
                 pool,
                 &mut ws.acts,

@@ -137,16 +137,66 @@ impl Activations {
                     "quantized activations need a multiple of 32 columns"
                 );
                 self.q.resize(n * cols / QK, BlockQ8::default());
-                quantize_q8(x, &mut self.q);
-                #[cfg(target_arch = "x86_64")]
-                if isa() == Isa::Avx512 {
-                    self.wide.fill(&self.q, cols / QK);
-                }
+                self.quantize_rows(None, x);
             }
             ActFormat::F32 => {
                 self.f.clear();
                 self.f.extend_from_slice(x);
             }
+        }
+    }
+
+    /// Like [`Activations::prepare`], quantizing rows in parallel on `pool`
+    /// when there are several (batched decode and prefill).
+    pub fn prepare_par(
+        &mut self,
+        pool: &ThreadPool,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        format: ActFormat,
+    ) {
+        if format != ActFormat::Q8 || n < 4 || pool.threads() < 2 {
+            return self.prepare(x, n, cols, format);
+        }
+        assert_eq!(
+            x.len(),
+            n * cols,
+            "activation buffer does not match its shape"
+        );
+        assert_eq!(
+            cols % QK,
+            0,
+            "quantized activations need a multiple of 32 columns"
+        );
+        self.format = Some(format);
+        self.n = n;
+        self.cols = cols;
+        self.q.resize(n * cols / QK, BlockQ8::default());
+        self.quantize_rows(Some(pool), x);
+    }
+
+    /// Quantizes the `self.n` rows of `x` into `self.q` (and the AVX-512
+    /// layout when that kernel runs), on `pool` when given.
+    fn quantize_rows(&mut self, pool: Option<&ThreadPool>, x: &[f32]) {
+        let (n, cols, nb) = (self.n, self.cols, self.cols / QK);
+        #[cfg(target_arch = "x86_64")]
+        let wide = (isa() == Isa::Avx512).then(|| self.wide.resize(n, nb));
+        let qp = SyncPtr(self.q.as_mut_ptr());
+        let row = |t: usize| {
+            // SAFETY: `q` holds `n * nb` blocks; task `t` owns row `t`.
+            let q = unsafe { std::slice::from_raw_parts_mut(qp.get().add(t * nb), nb) };
+            quantize_q8(&x[t * cols..(t + 1) * cols], q);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(w) = &wide {
+                // SAFETY: row `t` of the layout just sized, this task's alone;
+                // `self.wide` stays borrowed until the section ends.
+                unsafe { w.write(t, q) };
+            }
+        };
+        match pool {
+            Some(pool) => pool.run(n, &row),
+            None => (0..n).for_each(row),
         }
     }
 

@@ -30,6 +30,22 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// [`silu_mul`] over `rows` equal rows, the rows spread over `pool`.
+pub fn silu_mul_rows(pool: &crate::pool::ThreadPool, gate: &mut [f32], up: &[f32], rows: usize) {
+    assert_eq!(gate.len(), up.len());
+    if rows < 4 || pool.threads() < 2 {
+        return silu_mul(gate, up);
+    }
+    assert_eq!(gate.len() % rows, 0, "rows must divide the buffer");
+    let w = gate.len() / rows;
+    let gp = crate::pool::SyncPtr(gate.as_mut_ptr());
+    pool.run(rows, &|t| {
+        // SAFETY: task `t` owns row `t` of `gate` (within its length).
+        let g = unsafe { std::slice::from_raw_parts_mut(gp.get().add(t * w), w) };
+        silu_mul(g, &up[t * w..(t + 1) * w]);
+    });
+}
+
 /// In-place softmax; returns the log of the normalizer (for logprobs).
 pub fn softmax(x: &mut [f32]) -> f32 {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

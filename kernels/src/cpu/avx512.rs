@@ -34,22 +34,83 @@ pub(crate) struct WideActs {
 
 impl WideActs {
     /// Fills the layout from the blocks of `n` rows of `nb` blocks each.
+    #[cfg(test)]
     pub(crate) fn fill(&mut self, blocks: &[crate::quant::BlockQ8], nb: usize) {
+        let rows = blocks.len() / nb;
+        let writer = self.resize(rows, nb);
+        for t in 0..rows {
+            // SAFETY: row `t` is below `rows`, written once.
+            unsafe { writer.write(t, &blocks[t * nb..(t + 1) * nb]) };
+        }
+    }
+
+    /// Sizes the buffers for `rows` rows of `nb` blocks and returns the
+    /// writer that fills them row by row (possibly from several threads).
+    pub(crate) fn resize(&mut self, rows: usize, nb: usize) -> RowWriter {
         self.nb = nb;
-        self.q.clear();
-        self.n8.clear();
-        self.n128.clear();
-        self.d.clear();
-        self.s.clear();
-        for b in blocks {
-            self.q.extend_from_slice(&b.qs);
-            for four in b.qs.chunks_exact(4) {
+        self.q.resize(rows * nb * QK, 0);
+        self.n8.resize(rows * nb * 8, 0);
+        self.n128.resize(rows * nb * 8, 0);
+        self.d.resize(rows * nb, 0.0);
+        self.s.resize(rows * nb, 0.0);
+        RowWriter {
+            q: self.q.as_mut_ptr(),
+            n8: self.n8.as_mut_ptr(),
+            n128: self.n128.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            nb,
+        }
+    }
+}
+
+/// Writes rows of a [`WideActs`] sized by [`WideActs::resize`]; rows are
+/// disjoint, so tasks may write different rows at once.
+#[derive(Clone, Copy)]
+pub(crate) struct RowWriter {
+    q: *mut i8,
+    n8: *mut i32,
+    n128: *mut i32,
+    d: *mut f32,
+    s: *mut f32,
+    nb: usize,
+}
+
+// SAFETY: each row is written by one task only (the callers' contract), and
+// the buffers outlive the writes (the `WideActs` is borrowed mutably by the
+// caller for the whole parallel section).
+unsafe impl Sync for RowWriter {}
+// SAFETY: as above.
+unsafe impl Send for RowWriter {}
+
+impl RowWriter {
+    /// Writes row `t` from its `nb` blocks.
+    ///
+    /// # Safety
+    /// `t` is below the row count of the last `resize`, whose buffers are
+    /// still alive and not otherwise accessed; no other thread writes `t`.
+    pub(crate) unsafe fn write(&self, t: usize, blocks: &[crate::quant::BlockQ8]) {
+        let nb = self.nb;
+        assert_eq!(blocks.len(), nb);
+        // SAFETY: the caller guarantees row `t` is in bounds and exclusive.
+        let (q, n8, n128, d, s) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.q.add(t * nb * QK), nb * QK),
+                std::slice::from_raw_parts_mut(self.n8.add(t * nb * 8), nb * 8),
+                std::slice::from_raw_parts_mut(self.n128.add(t * nb * 8), nb * 8),
+                std::slice::from_raw_parts_mut(self.d.add(t * nb), nb),
+                std::slice::from_raw_parts_mut(self.s.add(t * nb), nb),
+            )
+        };
+        for (i, b) in blocks.iter().enumerate() {
+            q[i * QK..(i + 1) * QK].copy_from_slice(&b.qs);
+            for (k, four) in b.qs.chunks_exact(4).enumerate() {
                 let sum: i32 = four.iter().map(|&v| v as i32).sum();
-                self.n8.push(-8 * sum);
-                self.n128.push(-128 * sum);
+                n8[i * 8 + k] = -8 * sum;
+                n128[i * 8 + k] = -128 * sum;
             }
-            self.d.push(b.d);
-            self.s.push(b.s);
+            d[i] = b.d;
+            s[i] = b.s;
         }
     }
 }
