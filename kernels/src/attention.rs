@@ -51,8 +51,17 @@ pub struct QueryRow {
     pub pos: u32,
 }
 
+/// Per-thread scratch of one task: the scores of a group's heads, their
+/// queries, and one block of keys or values converted to f32.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    q: Vec<f32>,
+    rows: Vec<f32>,
+}
+
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Attention for a batch of query rows.
@@ -95,9 +104,10 @@ pub fn paged_attention(
     let group = nh / nkv;
     let isa = isa();
     let outp = SyncPtr(out.as_mut_ptr());
-    pool.run(n_tok * nh, &|task| {
-        let (t, h) = (task / nh, task % nh);
-        let g = h / group;
+    // One task per (row, KV head): the heads sharing a KV head read each
+    // block of keys and values once, converted to f32 once.
+    pool.run(n_tok * nkv, &|task| {
+        let (t, g) = (task / nkv, task % nkv);
         let row = rows[t];
         let table = &tables[row.table as usize..];
         let len = row.pos as usize + 1;
@@ -108,74 +118,125 @@ pub fn paged_attention(
             .take(len.div_ceil(bs))
             .enumerate()
             .map(|(i, &b)| (b as usize * bs * width + g * hd, bs.min(len - i * bs)));
-        // Round the query through f16 as llama.cpp does before its K dot.
-        let mut qh = [0f32; 256];
-        let qh = &mut qh[..hd];
-        for (d, x) in qh.iter_mut().zip(&q[(t * nh + h) * hd..]) {
-            *d = f16::from_f32(*x).to_f32();
-        }
-        // SAFETY: task (t, h) owns exactly this head's slice of `out`.
-        let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add((t * nh + h) * hd), hd) };
+        let first = t * nh + g * group;
+        // SAFETY: task (t, g) owns exactly the slices of `out` of row `t`'s
+        // heads `g * group..(g + 1) * group`, which are contiguous.
+        let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(first * hd), group * hd) };
         o.fill(0.0);
-        SCORES.with_borrow_mut(|sc| {
-            sc.clear();
+        SCRATCH.with_borrow_mut(|sc| {
+            let Scratch {
+                scores,
+                q: qh,
+                rows: buf,
+            } = sc;
+            // Round the queries through f16 as llama.cpp does before its K dot.
+            qh.clear();
+            qh.extend(
+                q[first * hd..(first + group) * hd]
+                    .iter()
+                    .map(|x| f16::from_f32(*x).to_f32()),
+            );
+            scores.clear();
+            scores.resize(group * len, 0.0);
+            buf.resize(bs * hd, 0.0);
+            let mut at = 0;
             for (base, n) in runs.clone() {
-                let from = sc.len();
-                sc.resize(from + n, 0.0);
-                let k = &kv.k[base..base + (n - 1) * width + hd];
-                dots_f16(isa, k, width, qh, &mut sc[from..]);
+                to_f32_rows(
+                    isa,
+                    &kv.k[base..base + (n - 1) * width + hd],
+                    width,
+                    n,
+                    hd,
+                    buf,
+                );
+                for h in 0..group {
+                    let out = &mut scores[h * len + at..h * len + at + n];
+                    dots(isa, &buf[..n * hd], &qh[h * hd..(h + 1) * hd], out);
+                }
+                at += n;
             }
-            for x in sc.iter_mut() {
-                *x *= s.scale;
+            for h in 0..group {
+                let sh = &mut scores[h * len..(h + 1) * len];
+                for x in sh.iter_mut() {
+                    *x *= s.scale;
+                }
+                crate::ops::softmax(sh);
+                // llama.cpp multiplies V by the probabilities rounded to f16.
+                for p in sh.iter_mut() {
+                    *p = f16::from_f32(*p).to_f32();
+                }
             }
-            crate::ops::softmax(sc);
-            // llama.cpp multiplies V by the probabilities rounded to f16.
-            for p in sc.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
-            }
-            let mut j = 0;
+            let mut at = 0;
             for (base, n) in runs {
-                let v = &kv.v[base..base + (n - 1) * width + hd];
-                weighted_rows_f16(isa, o, &sc[j..j + n], v, width);
-                j += n;
+                to_f32_rows(
+                    isa,
+                    &kv.v[base..base + (n - 1) * width + hd],
+                    width,
+                    n,
+                    hd,
+                    buf,
+                );
+                for h in 0..group {
+                    let w = &scores[h * len + at..h * len + at + n];
+                    weighted_rows(isa, &mut o[h * hd..(h + 1) * hd], w, &buf[..n * hd]);
+                }
+                at += n;
             }
         });
     });
 }
 
+/// `n` rows of `hd` f16 values, `stride` apart, into `dst` as f32.
 #[inline]
-/// `out[p] = k[p * stride..][..q.len()] . q`: one block's keys of one head.
-fn dots_f16(isa: Isa, k: &[f16], stride: usize, q: &[f32], out: &mut [f32]) {
-    assert!(out.is_empty() || k.len() >= (out.len() - 1) * stride + q.len());
+fn to_f32_rows(isa: Isa, src: &[f16], stride: usize, n: usize, hd: usize, dst: &mut [f32]) {
+    assert!(n == 0 || (src.len() >= (n - 1) * stride + hd && dst.len() >= n * hd));
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2() {
+        // SAFETY: AVX2/FMA/F16C present (isa); extents asserted above.
+        return unsafe { crate::cpu::avx2::rows_f16_to_f32(src, stride, n, hd, dst) };
+    }
+    let _ = isa;
+    for p in 0..n {
+        for d in 0..hd {
+            dst[p * hd + d] = src[p * stride + d].to_f32();
+        }
+    }
+}
+
+/// `out[p] = k[p * hd..][..hd] . q` with `hd = q.len()`.
+#[inline]
+fn dots(isa: Isa, k: &[f32], q: &[f32], out: &mut [f32]) {
+    let hd = q.len();
+    assert!(k.len() >= out.len() * hd);
     #[cfg(target_arch = "x86_64")]
     if isa.avx2() {
         // SAFETY: AVX2/FMA/F16C present (isa); extent asserted above.
-        return unsafe { crate::cpu::avx2::dots_f16_f32(k, stride, q, out) };
+        return unsafe { crate::cpu::avx2::dots_f32(k, q, out) };
     }
     let _ = isa;
     for (p, o) in out.iter_mut().enumerate() {
-        *o = k[p * stride..]
+        *o = k[p * hd..(p + 1) * hd]
             .iter()
             .zip(q)
-            .map(|(a, b)| a.to_f32() * b)
+            .map(|(a, b)| a * b)
             .sum();
     }
 }
 
-/// `out[d] += sum_p w[p] * v[p * stride + d]` for `d < out.len()`: one
-/// block's positions of one head, accumulated in registers.
+/// `out[d] += sum_p w[p] * v[p * hd + d]` with `hd = out.len()`.
 #[inline]
-fn weighted_rows_f16(isa: Isa, out: &mut [f32], w: &[f32], v: &[f16], stride: usize) {
-    assert!(w.is_empty() || v.len() >= (w.len() - 1) * stride + out.len());
+fn weighted_rows(isa: Isa, out: &mut [f32], w: &[f32], v: &[f32]) {
+    let hd = out.len();
+    assert!(v.len() >= w.len() * hd);
     #[cfg(target_arch = "x86_64")]
     if isa.avx2() {
         // SAFETY: AVX2/FMA/F16C present (isa); extent asserted above.
-        return unsafe { crate::cpu::avx2::weighted_rows_f16(out, w, v, stride) };
+        return unsafe { crate::cpu::avx2::weighted_rows_f32(out, w, v) };
     }
     let _ = isa;
     for (p, &wp) in w.iter().enumerate() {
-        for (o, x) in out.iter_mut().zip(&v[p * stride..]) {
-            *o += wp * x.to_f32();
+        for (o, x) in out.iter_mut().zip(&v[p * hd..(p + 1) * hd]) {
+            *o += wp * x;
         }
     }
 }

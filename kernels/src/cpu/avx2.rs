@@ -212,56 +212,63 @@ pub(crate) unsafe fn dot_f<const N: usize>(
     out
 }
 
-/// `sum(q[i] * k[i])` with `k` in f16 (one head of the KV cache).
-///
-/// # Safety
-/// The CPU must support AVX2/FMA/F16C; `q.len() == k.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_f16_f32(k: &[half::f16], q: &[f32]) -> f32 {
-    let n = q.len().min(k.len());
-    let mut acc = _mm256_setzero_ps();
-    let main = n / 8 * 8;
-    let mut j = 0;
-    while j < main {
-        // SAFETY: `j + 8 <= n`.
-        unsafe {
-            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(j) as *const __m128i));
-            acc = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q.as_ptr().add(j)), acc);
-        }
-        j += 8;
-    }
-    let mut s = hsum(acc);
-    for t in main..n {
-        s += k[t].to_f32() * q[t];
-    }
-    s
-}
-
-/// `out[p] = sum_d k[p * stride + d] * q[d]` for `p < out.len()`, `k` in
-/// f16: four positions at a time share the loads of `q` and one horizontal
-/// reduction.
+/// Converts `n` rows of `hd` f16 values, `stride` apart in `src`, into
+/// `dst` (`n * hd` values, row after row).
 ///
 /// # Safety
 /// The CPU must support AVX2/FMA/F16C;
-/// `k.len() >= (out.len() - 1) * stride + q.len()` when `out` is not empty.
+/// `src.len() >= (n - 1) * stride + hd` when `n > 0`; `dst.len() >= n * hd`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dots_f16_f32(k: &[half::f16], stride: usize, q: &[f32], out: &mut [f32]) {
+pub(crate) unsafe fn rows_f16_to_f32(
+    src: &[half::f16],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    let main = hd / 8 * 8;
+    for p in 0..n {
+        let row = &src[p * stride..p * stride + hd];
+        let out = &mut dst[p * hd..(p + 1) * hd];
+        let mut j = 0;
+        while j < main {
+            // SAFETY: `j + 8 <= hd` values in `row` and `out`.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(j) as *const __m128i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), v);
+            }
+            j += 8;
+        }
+        for d in main..hd {
+            out[d] = row[d].to_f32();
+        }
+    }
+}
+
+/// `out[p] = sum_d k[p * hd + d] * q[d]` for `p < out.len()` (`hd =
+/// q.len()`): four positions at a time share the loads of `q` and one
+/// horizontal reduction.
+///
+/// # Safety
+/// The CPU must support AVX2/FMA/F16C; `k.len() >= out.len() * q.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dots_f32(k: &[f32], q: &[f32], out: &mut [f32]) {
     let hd = q.len();
     let main = hd / 8 * 8;
     let n = out.len();
+    assert!(k.len() >= n * hd);
     let kp = k.as_ptr();
+    let tail = |p: usize| -> f32 { (main..hd).map(|d| k[p * hd + d] * q[d]).sum() };
     let mut p = 0;
     while p + 4 <= n {
         let mut a = [_mm256_setzero_ps(); 4];
         let mut j = 0;
         while j < main {
-            // SAFETY: `j + 8 <= hd`; row `p + r` holds `hd` values.
+            // SAFETY: `j + 8 <= hd`; rows `p..p + 4` are within `k`.
             unsafe {
                 let qv = _mm256_loadu_ps(q.as_ptr().add(j));
                 for (r, acc) in a.iter_mut().enumerate() {
-                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(
-                        kp.add((p + r) * stride + j) as *const __m128i
-                    ));
+                    let kv = _mm256_loadu_ps(kp.add((p + r) * hd + j));
                     *acc = _mm256_fmadd_ps(kv, qv, *acc);
                 }
             }
@@ -275,32 +282,40 @@ pub(crate) unsafe fn dots_f16_f32(k: &[half::f16], stride: usize, q: &[f32], out
         // SAFETY: `r4` holds 4 floats.
         unsafe { _mm_storeu_ps(r4.as_mut_ptr(), s4) };
         for r in 0..4 {
-            let row = &k[(p + r) * stride..];
-            out[p + r] = r4[r] + (main..hd).map(|d| row[d].to_f32() * q[d]).sum::<f32>();
+            out[p + r] = r4[r] + tail(p + r);
         }
         p += 4;
     }
     while p < n {
-        // SAFETY: row `p` holds `hd` values.
-        out[p] = unsafe { dot_f16_f32(&k[p * stride..p * stride + hd], q) };
+        let mut acc = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < main {
+            // SAFETY: as above, one row.
+            unsafe {
+                let kv = _mm256_loadu_ps(kp.add(p * hd + j));
+                acc = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q.as_ptr().add(j)), acc);
+            }
+            j += 8;
+        }
+        out[p] = hsum(acc) + tail(p);
         p += 1;
     }
 }
 
-/// `out[d] += sum_p w[p] * v[p * stride + d]` with `v` in f16, 32 values
-/// of `out` at a time held in registers across all `p`.
+/// `out[d] += sum_p w[p] * v[p * hd + d]` (`hd = out.len()`), 32 values of
+/// `out` at a time held in registers across all `p`.
 ///
 /// # Safety
-/// The CPU must support AVX2/FMA/F16C;
-/// `v.len() >= (w.len() - 1) * stride + out.len()` when `w` is not empty.
+/// The CPU must support AVX2/FMA/F16C; `v.len() >= w.len() * out.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn weighted_rows_f16(out: &mut [f32], w: &[f32], v: &[half::f16], stride: usize) {
-    let n = out.len();
-    let main = n / 32 * 32;
+pub(crate) unsafe fn weighted_rows_f32(out: &mut [f32], w: &[f32], v: &[f32]) {
+    let hd = out.len();
+    assert!(v.len() >= w.len() * hd);
+    let main = hd / 32 * 32;
     let vp = v.as_ptr();
     let mut d = 0;
     while d < main {
-        // SAFETY: `d + 32 <= n`; row `p` of `v` holds `n` values at `p * stride`.
+        // SAFETY: `d + 32 <= hd`; row `p` of `v` holds `hd` values.
         unsafe {
             let op = out.as_mut_ptr().add(d);
             let mut a = [
@@ -311,10 +326,9 @@ pub(crate) unsafe fn weighted_rows_f16(out: &mut [f32], w: &[f32], v: &[half::f1
             ];
             for (p, &wp) in w.iter().enumerate() {
                 let wv = _mm256_set1_ps(wp);
-                let r = vp.add(p * stride + d) as *const __m128i;
+                let r = vp.add(p * hd + d);
                 for (k, acc) in a.iter_mut().enumerate() {
-                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.add(k)));
-                    *acc = _mm256_fmadd_ps(wv, x, *acc);
+                    *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(8 * k)), *acc);
                 }
             }
             for (k, acc) in a.iter().enumerate() {
@@ -324,8 +338,8 @@ pub(crate) unsafe fn weighted_rows_f16(out: &mut [f32], w: &[f32], v: &[half::f1
         d += 32;
     }
     for (p, &wp) in w.iter().enumerate() {
-        for j in main..n {
-            out[j] += wp * v[p * stride + j].to_f32();
+        for j in main..hd {
+            out[j] += wp * v[p * hd + j];
         }
     }
 }
