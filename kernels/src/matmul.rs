@@ -264,7 +264,7 @@ pub fn matmul_many(
         let r0 = task * chunk;
         let r1 = (r0 + chunk).min(w.rows);
         let tile = if isa == Isa::Avx512 && w.ty.quantized() {
-            8
+            16
         } else {
             4
         };
@@ -277,7 +277,7 @@ pub fn matmul_many(
             let mut t = 0;
             while t < n {
                 let take = (n - t).min(tile);
-                let mut res = [0f32; 8];
+                let mut res = [0f32; 16];
                 dot_rows(isa, w, wrow, acts, t, take, &mut res);
                 for k in 0..take {
                     // SAFETY: each (token, row) cell is written by exactly
@@ -351,7 +351,7 @@ fn dot_rows(
     a: &Activations,
     t: usize,
     take: usize,
-    res: &mut [f32; 8],
+    res: &mut [f32; 16],
 ) {
     let quantized = w.ty.quantized();
     #[cfg(target_arch = "x86_64")]
@@ -427,7 +427,7 @@ fn dot_rows(
     }
 }
 
-/// Up to eight rows of the AVX-512 kernel, in tiles of 8, 4, 2 and 1.
+/// Up to sixteen rows of the AVX-512 kernel, in tiles of 16, 8, 4, 2 and 1.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn dot_rows_wide(
@@ -436,7 +436,7 @@ fn dot_rows_wide(
     a: &Activations,
     t: usize,
     take: usize,
-    res: &mut [f32; 8],
+    res: &mut [f32; 16],
 ) {
     use crate::cpu::avx512::dot_q8;
     let a = &a.wide;
@@ -444,7 +444,10 @@ fn dot_rows_wide(
     while k < take {
         let left = take - k;
         // SAFETY (each call): `isa` is Avx512, so the CPU has the features.
-        if left >= 8 {
+        if left >= 16 {
+            res[k..k + 16].copy_from_slice(&unsafe { dot_q8::<16>(w.ty, wrow, a, t + k) });
+            k += 16;
+        } else if left >= 8 {
             res[k..k + 8].copy_from_slice(&unsafe { dot_q8::<8>(w.ty, wrow, a, t + k) });
             k += 8;
         } else if left >= 4 {
