@@ -79,9 +79,12 @@ test-e2e: venv
 # the stable toolchain (RUSTC_BOOTSTRAP=1 lets it pass its -Z flags), no
 # sanitizer (the parsers are safe Rust; debug assertions and overflow checks
 # are on). `make test-fuzz` runs each target for FUZZ_SECS seconds from the
-# committed seeds (not yet part of `make test`: the instrumented build of
-# the host, wasmtime and candle included, was still running at the end of
-# the session that made it build); `make fuzz` runs each for 10 minutes and keeps the corpus it grows in
+# committed seeds. It is not part of `make test`: the instrumented build of
+# the host (wasmtime and candle included) takes longer on 2 cores than CI
+# allows. `make test` runs the same target bodies (tests/fuzz/src/targets.rs)
+# under a bounded mutation fuzzer without coverage feedback instead
+# (host/tests/fuzz_smoke.rs, PALISADE_FUZZ_SMOKE_SECS, default 40 s in all).
+# `make fuzz` runs each for 10 minutes and keeps the corpus it grows in
 # tests/fuzz/corpus/ (ignored by git; the seeds are committed). cargo-fuzz
 # is pointed at this directory with --fuzz-dir (it looks for ./fuzz by
 # default). A crash leaves its input in tests/fuzz/artifacts/<target>/ and

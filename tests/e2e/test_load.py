@@ -133,6 +133,45 @@ def test_a_trickled_body_is_cut_off_by_the_body_timeout(binary, tmp_path):
         assert s.stop() == 0
 
 
+def test_an_early_refusal_reaches_a_client_still_sending_its_body(binary, tmp_path):
+    """A request refused before its body was read (404, 401) while the client
+    is still sending the body: the refusal arrives whole, never a reset, and a
+    kept-alive connection serves the next request. Without the host draining
+    the unread body, 10 tries in 10 were reset."""
+    s, k = start(binary, tmp_path, "--max-tokens", 8)
+    try:
+        body = json.dumps({"prompt": "x" * 2000}).encode()
+
+        async def one(path, key, expect):
+            r, w = await asyncio.open_connection(s.host, s.port)
+            try:
+                head = request("POST", path, key, body, close=False)
+                head, data = head[:len(head) - len(body)], head[len(head) - len(body):]
+                w.write(head)
+                await w.drain()
+                for i in range(0, len(data), 250):
+                    await asyncio.sleep(0.02)
+                    w.write(data[i:i + 250])
+                    await w.drain()
+                status, _, _ = await read_response(r, 10)
+                assert status == expect, (path, status)
+                w.write(request("GET", "/health"))
+                await w.drain()
+                status, _, _ = await read_response(r, 10)
+                assert status == 200, ("the connection after the refusal", status)
+            finally:
+                w.close()
+
+        async def main():
+            for _ in range(5):
+                await one("/nope", k["load"], 404)
+                await one("/tokenize", "pal_wrong", 401)
+
+        asyncio.run(main())
+    finally:
+        assert s.stop() == 0
+
+
 def test_sigterm_during_load_drains_and_exits_zero(binary, tmp_path):
     s, k = start(binary, tmp_path, "--max-tokens", 64)
     streams = 24

@@ -7,6 +7,13 @@
 //! deadline passes while the body is still incomplete, reading it fails with
 //! [`BodyDeadlineElapsed`], which the JSON extractor turns into a 408.
 //!
+//! A body dropped before its end (a stage refused the request before the
+//! handler read it: 401, 429, 404, a fail-closed 503) is drained in the
+//! background, up to the body limit and within the same deadline. Closing a
+//! socket with request bytes unread, or still arriving, makes the kernel
+//! send a reset, which can destroy the response on its way to the client;
+//! drained, the refusal arrives intact and the connection stays usable.
+//!
 //! ```
 //! # use std::time::Duration;
 //! use palisade::server::body_deadline::DeadlineBody;
@@ -46,17 +53,58 @@ pub struct DeadlineBody {
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     elapsed: bool,
+    /// Bytes delivered so far, and the most a drain reads in all.
+    read: usize,
+    limit: usize,
 }
 
 impl DeadlineBody {
-    /// Wraps `inner`; the deadline starts now.
+    /// Wraps `inner`; the deadline starts now. A drop before the end drains
+    /// at most 1 MiB (see [`DeadlineBody::with_limit`]).
     pub fn new(inner: Body, timeout: Duration) -> Self {
+        Self::with_limit(inner, timeout, 1 << 20)
+    }
+
+    /// Like [`DeadlineBody::new`]; a drop before the end drains the rest of
+    /// the body in the background as long as the total stays within
+    /// `limit` bytes and the deadline has not passed.
+    pub fn with_limit(inner: Body, timeout: Duration, limit: usize) -> Self {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
             elapsed: false,
+            read: 0,
+            limit,
         }
+    }
+}
+
+impl Drop for DeadlineBody {
+    fn drop(&mut self) {
+        if self.elapsed || self.inner.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut inner = std::mem::replace(&mut self.inner, Body::empty());
+        let deadline = self.deadline.deadline();
+        let mut left = self.limit.saturating_sub(self.read);
+        rt.spawn(async move {
+            let drain = async {
+                while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await {
+                    let Ok(frame) = frame else { return };
+                    if let Some(d) = frame.data_ref() {
+                        if d.len() > left {
+                            return;
+                        }
+                        left -= d.len();
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, drain).await;
+        });
     }
 }
 
@@ -73,7 +121,12 @@ impl HttpBody for DeadlineBody {
             return Poll::Ready(None);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if let Some(Ok(f)) = &frame {
+                    this.read += f.data_ref().map_or(0, |d| d.len());
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     this.elapsed = true;
@@ -95,9 +148,14 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-/// Middleware: gives every request body a total deadline of `timeout`.
-pub async fn limit(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
-    next.run(req.map(|b| Body::new(DeadlineBody::new(b, timeout))))
+/// Middleware: gives every request body a total deadline and, when it is
+/// dropped unread, a bounded drain (`(timeout, body limit)`).
+pub async fn limit(
+    State((timeout, max_bytes)): State<(Duration, usize)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    next.run(req.map(|b| Body::new(DeadlineBody::with_limit(b, timeout, max_bytes))))
         .await
 }
 
@@ -155,6 +213,31 @@ mod tests {
         });
         let bytes = to_bytes(body, 1 << 20).await.unwrap();
         assert_eq!(&bytes[..], b"abababab");
+    }
+
+    /// A body dropped unread is still read to its end, within the limit;
+    /// past the limit the drain stops and lets the body go. The channel
+    /// holds one chunk, so a send completes only while something reads.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_body_is_drained_within_its_limit() {
+        for (limit, drained) in [(1 << 20, true), (4, false)] {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            drop(DeadlineBody::with_limit(body, Duration::from_secs(10), limit));
+            let mut sent = 0;
+            for _ in 0..8 {
+                let send = tx.send(Ok(Bytes::from_static(b"abc")));
+                match tokio::time::timeout(Duration::from_secs(1), send).await {
+                    Ok(Ok(())) => sent += 1,
+                    _ => break,
+                }
+            }
+            if drained {
+                assert_eq!(sent, 8, "every chunk read");
+            } else {
+                assert!(sent < 8, "the drain stopped at the limit, sent {sent}");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

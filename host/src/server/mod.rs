@@ -269,7 +269,7 @@ fn layered(r: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(
-            body_timeout,
+            (body_timeout, limit),
             body_deadline::limit,
         ))
         .layer(axum::Extension(BodyLimit(limit)))

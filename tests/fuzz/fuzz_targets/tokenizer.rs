@@ -5,23 +5,5 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_engine::tokenizer::TextStream;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let tok = palisade_fuzz::engine().tokenizer();
-    let ids = tok.encode(text, false, false).expect("plain encoding never fails");
-    assert_eq!(tok.decode(&ids, false), text, "plain encode/decode round trip");
-    let mut stream = TextStream::default();
-    let mut streamed = String::new();
-    for &id in &ids {
-        streamed.push_str(&stream.push(tok, id));
-    }
-    streamed.push_str(&stream.finish());
-    assert_eq!(streamed, text, "streamed decode differs");
-    let special = tok.encode(text, true, true).expect("encoding with specials never fails");
-    let vocab = tok.vocab_size() as u32;
-    assert!(special.iter().all(|&i| i < vocab), "id outside the vocabulary");
-});
+fuzz_target!(|data: &[u8]| palisade_fuzz::targets::tokenizer(data));
