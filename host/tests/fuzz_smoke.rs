@@ -21,6 +21,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The message of the last panic (the quiet hook records it).
+static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 /// xorshift64*: enough randomness for mutations, no dependency.
 struct Rng(u64);
 
@@ -153,13 +156,19 @@ fn run(target: &str, f: fn(&[u8]), budget: Duration, rng: &mut Rng) -> (u64, Vec
     let dict = dictionary(target);
     let mut findings = Vec::new();
     let mut execs = 0u64;
-    let mut check = |input: &[u8], execs: &mut u64, findings: &mut Vec<PathBuf>| {
+    let check = |input: &[u8], execs: &mut u64, findings: &mut Vec<PathBuf>| {
         *execs += 1;
         if catch_unwind(AssertUnwindSafe(|| f(input))).is_err() {
             let dir = fuzz_dir().join("artifacts/smoke");
             std::fs::create_dir_all(&dir).expect("creating the artifacts directory");
             let path = dir.join(format!("{target}-{}", findings.len()));
             std::fs::write(&path, input).expect("writing a finding");
+            let message = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
+            std::fs::write(path.with_extension("panic.txt"), &message).expect("writing a finding");
+            println!(
+                "fuzz smoke: {target}: finding {}: {message}",
+                path.display()
+            );
             findings.push(path);
         }
     };
@@ -197,7 +206,11 @@ fn fuzz_targets_survive_a_bounded_mutation_run() {
     // tokenizer inputs would otherwise pay for it).
     targets::engine();
     let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut m) = LAST_PANIC.lock() {
+            *m = info.to_string();
+        }
+    }));
     let mut rng = Rng(seed);
     let budget = Duration::from_secs_f64(secs / targets::TARGETS.len() as f64);
     let mut all = Vec::new();

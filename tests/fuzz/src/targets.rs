@@ -214,10 +214,31 @@ pub fn safetensors_header(data: &[u8]) {
     }
 }
 
+/// The bytes the vocabulary has a token of their own for. Byte-level BPE
+/// is lossless only over these: a vocabulary without a byte's token (SmolLM2
+/// has none for some control characters) drops that byte, as llama.cpp's
+/// tokenizer does.
+pub fn representable_bytes() -> &'static [bool; 256] {
+    static SET: OnceLock<[bool; 256]> = OnceLock::new();
+    SET.get_or_init(|| {
+        let tok = engine().tokenizer();
+        let mut set = [false; 256];
+        for id in 0..tok.vocab_size() as u32 {
+            if let [b] = tok.token_bytes(id) {
+                if !tok.is_special(id) {
+                    set[*b as usize] = true;
+                }
+            }
+        }
+        set
+    })
+}
+
 /// The tokenizer input path: arbitrary UTF-8 through the model's
 /// byte-level BPE (plain and with special tokens parsed), decoded back
-/// whole and token by token. Byte-level BPE is lossless: plain encoding
-/// must decode to the same text.
+/// whole and token by token. Plain encoding decodes to the same text, less
+/// the bytes the vocabulary cannot represent ([`representable_bytes`]);
+/// the streamed decode equals the whole one.
 pub fn tokenizer(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -226,18 +247,18 @@ pub fn tokenizer(data: &[u8]) {
     let ids = tok
         .encode(text, false, false)
         .expect("plain encoding never fails");
-    assert_eq!(
-        tok.decode(&ids, false),
-        text,
-        "plain encode/decode round trip"
-    );
+    let set = representable_bytes();
+    let kept: Vec<u8> = text.bytes().filter(|&b| set[b as usize]).collect();
+    let expected = String::from_utf8_lossy(&kept);
+    let whole = tok.decode(&ids, false);
+    assert_eq!(whole, expected, "plain encode/decode round trip");
     let mut stream = TextStream::default();
     let mut streamed = String::new();
     for &id in &ids {
         streamed.push_str(&stream.push(tok, id));
     }
     streamed.push_str(&stream.finish());
-    assert_eq!(streamed, text, "streamed decode differs");
+    assert_eq!(streamed, whole, "streamed decode differs");
     let special = tok
         .encode(text, true, true)
         .expect("encoding with specials never fails");
