@@ -1,10 +1,11 @@
 //! Compute kernels for the Palisade engine.
 //!
 //! Everything here works on plain slices: quantized weight rows as raw GGUF
-//! block bytes, activations as `f32`, the KV cache as `f16`. The SIMD path
-//! (AVX2 + FMA + F16C) is chosen at run time; a scalar path with the same
+//! block bytes, activations as `f32`, the KV cache as `f16`. The SIMD paths
+//! (AVX2 + FMA + F16C everywhere; AVX-512 VNNI for the quantized matmul
+//! where the CPU has it) are chosen at run time; a scalar path with the same
 //! results (up to float rounding) is always available and is the reference
-//! the SIMD path is tested against.
+//! the SIMD paths are tested against.
 //!
 //! ```
 //! use palisade_kernels::{matmul::{matmul, Activations}, pool::ThreadPool, quant::WeightType};
