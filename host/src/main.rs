@@ -405,7 +405,31 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Caps glibc's malloc arenas at the core count (at least 2) unless the
+/// operator set `MALLOC_ARENA_MAX`. glibc's default (8 per core) let the
+/// code-interpreter plugin's start-up leave about 17 MB in each of some 20
+/// thread arenas: 424 MB of RSS against 78 MB with 2 arenas, measured on
+/// 2 cores with the interpreter in the policy (51 against 49 MB without it).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cap_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
+    // SAFETY: `mallopt` only sets an allocator parameter; it runs first in
+    // `main`, before any thread that could allocate concurrently exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cap_malloc_arenas() {}
+
 fn main() -> Result<()> {
+    cap_malloc_arenas();
     let cli = Cli::parse();
     if let Command::Serve { flags } = &cli.command {
         let cfg = ServeConfig::load(flags)?;
