@@ -273,13 +273,19 @@ impl GgufFile {
                     format!("tensor `{name}` has an invalid shape {dims:?}"),
                 ));
             };
-            let Some(len) = ty.bytes_for(elems) else {
+            if elems % ty.block().0 != 0 {
                 return Err(EngineError::format(
                     &path,
                     format!(
                         "tensor `{name}` of type {ty:?} has {elems} elements, not a whole number of {} element blocks",
                         ty.block().0
                     ),
+                ));
+            }
+            let Some(len) = ty.bytes_for(elems) else {
+                return Err(EngineError::format(
+                    &path,
+                    format!("tensor `{name}`: {elems} elements of {ty:?} do not fit in memory"),
                 ));
             };
             if dims[0] % ty.block().0 != 0 {
@@ -538,6 +544,17 @@ mod tests {
         let (_d, p) = write(&w.to_bytes());
         let e = GgufFile::open(&p).unwrap_err().to_string();
         assert!(e.contains("blk.0.weird") && e.contains("IQ2_XXS"), "{e}");
+    }
+
+    /// Found by libFuzzer (gguf_header): an element count that fits in
+    /// `usize` while its byte size does not overflowed the size computation.
+    #[test]
+    fn a_tensor_too_large_to_address_is_an_error() {
+        let mut w = GgufWriter::default();
+        w.tensor("huge", &[1 << 62], 0, vec![0u8; 32]);
+        let (_d, p) = write(&w.to_bytes());
+        let e = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("huge") && e.contains("do not fit"), "{e}");
     }
 
     #[test]

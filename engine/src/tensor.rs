@@ -82,10 +82,14 @@ impl TensorType {
         }
     }
 
-    /// Bytes for `elems` elements, if `elems` is a whole number of blocks.
+    /// Bytes for `elems` elements, if `elems` is a whole number of blocks
+    /// and the size fits in `usize` (a header can claim any element count).
     pub fn bytes_for(self, elems: usize) -> Option<usize> {
         let (be, bb) = self.block();
-        (elems % be == 0).then(|| elems / be * bb)
+        if elems % be != 0 {
+            return None;
+        }
+        (elems / be).checked_mul(bb)
     }
 
     /// The matching type of our own kernels, where one exists.
@@ -180,11 +184,21 @@ impl TensorRef {
         offset: usize,
         len: usize,
     ) -> Result<Self> {
-        let elems: usize = shape.iter().product();
+        let elems = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                EngineError::format(
+                    &file.path,
+                    format!("tensor `{name}`: the shape {shape:?} overflows"),
+                )
+            })?;
         let need = ty.bytes_for(elems).ok_or_else(|| {
             EngineError::format(
                 &file.path,
-                format!("tensor `{name}`: {elems} elements is not a whole number of {ty:?} blocks"),
+                format!(
+                    "tensor `{name}`: {elems} elements of {ty:?} are not a whole number of blocks or do not fit in memory"
+                ),
             )
         })?;
         if need != len {
