@@ -14,7 +14,7 @@ export PALISADE_CONFIG_DIR ?= $(HOME)/.config/palisade
 MODEL := $(PALISADE_CACHE_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 EMBED_MODEL := $(PALISADE_CACHE_DIR)/all-minilm-l6-v2
 
-.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e test-fuzz fuzz fuzz-tools bench fixtures bench-serve bench-policy bench-plugins bench-batch
+.PHONY: serve test setup model embedding-model toolchain plugins venv build test-rust test-plugins test-e2e test-fuzz test-fuzz-ci fuzz fuzz-tools bench fixtures bench-serve bench-policy bench-plugins bench-batch
 
 serve: model embedding-model plugins
 	$(CARGO) build --release
@@ -26,6 +26,7 @@ test: setup
 	$(MAKE) test-plugins
 	$(MAKE) test-examples
 	$(MAKE) test-e2e
+	$(MAKE) test-fuzz-ci
 
 setup: toolchain model embedding-model venv plugins examples
 
@@ -78,12 +79,14 @@ test-e2e: venv
 # Fuzzing (tests/fuzz, its own workspace): libFuzzer through cargo-fuzz on
 # the stable toolchain (RUSTC_BOOTSTRAP=1 lets it pass its -Z flags), no
 # sanitizer (the parsers are safe Rust; debug assertions and overflow checks
-# are on). `make test-fuzz` runs each target for FUZZ_SECS seconds from the
-# committed seeds. It is not part of `make test`: the instrumented build of
-# the host (wasmtime and candle included) takes longer on 2 cores than CI
-# allows. `make test` runs the same target bodies (tests/fuzz/src/targets.rs)
-# under a bounded mutation fuzzer without coverage feedback instead
-# (host/tests/fuzz_smoke.rs, PALISADE_FUZZ_SMOKE_SECS, default 40 s in all).
+# are on). `make test` runs `test-fuzz-ci`: each target for FUZZ_RUNS
+# executions with a fixed seed from the committed seeds and a fresh corpus,
+# so a run that passes here passes in CI (the instrumented build of the
+# host, wasmtime and candle included, takes about 16 minutes on 2 cores).
+# `make test-fuzz` runs each target for FUZZ_SECS seconds and keeps its
+# corpus. The test suite also runs the same target bodies
+# (tests/fuzz/src/targets.rs) under a mutation fuzzer without coverage
+# feedback on the ordinary test build (host/tests/fuzz_smoke.rs).
 # `make fuzz` runs each for 10 minutes and keeps the corpus it grows in
 # tests/fuzz/corpus/ (ignored by git; the seeds are committed). cargo-fuzz
 # is pointed at this directory with --fuzz-dir (it looks for ./fuzz by
@@ -103,6 +106,17 @@ test-fuzz: fuzz-tools model
 	        -max_total_time=$(FUZZ_SECS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
 	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | tail -n 4; \
 	    test $${PIPESTATUS[0]} -eq 0; \
+	done
+
+FUZZ_RUNS ?= 300000
+test-fuzz-ci: fuzz-tools model
+	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir . -s none -a
+	set -e; cd tests/fuzz; for t in $(FUZZ_TARGETS); do \
+	    fresh=$$(mktemp -d); \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . -s none -a $$t $$fresh seeds/$$t -- \
+	        -seed=1 -runs=$(FUZZ_RUNS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | grep -E '^(Done|==|SUMMARY)|panicked' | sed "s/^/fuzz $$t: /"; \
+	    status=$${PIPESTATUS[0]}; rm -rf $$fresh; test $$status -eq 0; \
 	done
 
 fuzz:
