@@ -536,7 +536,7 @@ mod tests {
     /// with the scalar path to float rounding only.
     #[test]
     fn simd_dot_equals_scalar_dot() {
-        if crate::cpu::detect() != Isa::Avx2 {
+        if !crate::cpu::detect().avx2() {
             eprintln!("skipping: this CPU has no AVX2");
             return;
         }
