@@ -121,6 +121,31 @@ impl Activations {
 
     /// Like [`Activations::quantize`], reusing this value's buffers.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, format: ActFormat) {
+        self.prepare_on(None, x, n, cols, format)
+    }
+
+    /// Like [`Activations::prepare`], quantizing rows in parallel on `pool`
+    /// when there are several (batched decode and prefill).
+    pub fn prepare_par(
+        &mut self,
+        pool: &ThreadPool,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        format: ActFormat,
+    ) {
+        let pool = (n >= 4 && pool.threads() >= 2).then_some(pool);
+        self.prepare_on(pool, x, n, cols, format)
+    }
+
+    fn prepare_on(
+        &mut self,
+        pool: Option<&ThreadPool>,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        format: ActFormat,
+    ) {
         assert_eq!(
             x.len(),
             n * cols,
@@ -137,43 +162,13 @@ impl Activations {
                     "quantized activations need a multiple of 32 columns"
                 );
                 self.q.resize(n * cols / QK, BlockQ8::default());
-                self.quantize_rows(None, x);
+                self.quantize_rows(pool, x);
             }
             ActFormat::F32 => {
                 self.f.clear();
                 self.f.extend_from_slice(x);
             }
         }
-    }
-
-    /// Like [`Activations::prepare`], quantizing rows in parallel on `pool`
-    /// when there are several (batched decode and prefill).
-    pub fn prepare_par(
-        &mut self,
-        pool: &ThreadPool,
-        x: &[f32],
-        n: usize,
-        cols: usize,
-        format: ActFormat,
-    ) {
-        if format != ActFormat::Q8 || n < 4 || pool.threads() < 2 {
-            return self.prepare(x, n, cols, format);
-        }
-        assert_eq!(
-            x.len(),
-            n * cols,
-            "activation buffer does not match its shape"
-        );
-        assert_eq!(
-            cols % QK,
-            0,
-            "quantized activations need a multiple of 32 columns"
-        );
-        self.format = Some(format);
-        self.n = n;
-        self.cols = cols;
-        self.q.resize(n * cols / QK, BlockQ8::default());
-        self.quantize_rows(Some(pool), x);
     }
 
     /// Quantizes the `self.n` rows of `x` into `self.q` (and the AVX-512
@@ -566,8 +561,8 @@ mod tests {
     }
 
     /// The AVX-512 kernel computes the same integer block sums as the scalar
-    /// path (the +128 offset is taken back exactly), for even and odd block
-    /// counts and every tile width.
+    /// path (the weights' offset is taken back exactly), for even and odd
+    /// block counts and every tile width.
     #[test]
     fn avx512_dot_equals_scalar_dot() {
         if crate::cpu::detect() != Isa::Avx512 {

@@ -93,7 +93,9 @@ impl Drop for DeadlineBody {
         let mut left = self.limit.saturating_sub(self.read);
         rt.spawn(async move {
             let drain = async {
-                while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await {
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await
+                {
                     let Ok(frame) = frame else { return };
                     if let Some(d) = frame.data_ref() {
                         if d.len() > left {
@@ -223,7 +225,11 @@ mod tests {
         for (limit, drained) in [(1 << 20, true), (4, false)] {
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
             let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-            drop(DeadlineBody::with_limit(body, Duration::from_secs(10), limit));
+            drop(DeadlineBody::with_limit(
+                body,
+                Duration::from_secs(10),
+                limit,
+            ));
             let mut sent = 0;
             for _ in 0..8 {
                 let send = tx.send(Ok(Bytes::from_static(b"abc")));

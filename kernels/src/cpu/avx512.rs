@@ -181,9 +181,9 @@ pub(crate) unsafe fn dot_q8<const N: usize>(
     t0: usize,
 ) -> [f32; N] {
     let nb = a.nb;
-    let rows = a.d.len() / nb.max(1);
+    let n_rows = a.d.len() / nb.max(1);
     assert!(w.len() >= ty.row_bytes(nb * QK));
-    assert!(t0 + N <= rows && a.q.len() == a.d.len() * QK && a.s.len() == a.d.len());
+    assert!(t0 + N <= n_rows && a.q.len() == a.d.len() * QK && a.s.len() == a.d.len());
     assert!(a.n8.len() == a.d.len() * 8 && a.n128.len() == a.d.len() * 8);
     let init = if ty == WeightType::Q8_0 {
         &a.n128
