@@ -95,27 +95,29 @@ test-e2e: venv
 FUZZ_TARGETS := request_json policy_toml gguf_header safetensors_header tokenizer
 FUZZ_SECS ?= 25
 CARGO_FUZZ_VERSION := 0.13.2
+# Shared by test-fuzz and test-fuzz-ci; FUZZ_RUN and FUZZ_FLAGS expect `$$t`
+# (the target) and run inside tests/fuzz.
+FUZZ_BUILD = cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir . -s none -a
+FUZZ_RUN = RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . -s none -a $$t
+FUZZ_FLAGS = -max_len=65536 -timeout=10 -rss_limit_mb=2048 $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict )
 fuzz-tools:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 
 test-fuzz: fuzz-tools model
-	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir . -s none -a
+	$(FUZZ_BUILD)
 	set -e; cd tests/fuzz; for t in $(FUZZ_TARGETS); do \
 	    mkdir -p corpus/$$t; \
-	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . -s none -a $$t corpus/$$t seeds/$$t -- \
-	        -max_total_time=$(FUZZ_SECS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | tail -n 4; \
+	    $(FUZZ_RUN) corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECS) $(FUZZ_FLAGS) 2>&1 | tail -n 4; \
 	    test $${PIPESTATUS[0]} -eq 0; \
 	done
 
 FUZZ_RUNS ?= 300000
 test-fuzz-ci: fuzz-tools model
-	cd tests/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir . -s none -a
+	$(FUZZ_BUILD)
 	set -e; cd tests/fuzz; for t in $(FUZZ_TARGETS); do \
 	    fresh=$$(mktemp -d); \
-	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . -s none -a $$t $$fresh seeds/$$t -- \
-	        -seed=1 -runs=$(FUZZ_RUNS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-	        $$( [ -f dicts/$$t.dict ] && echo -dict=dicts/$$t.dict ) 2>&1 | grep -E '^(Done|==|SUMMARY)|panicked' | sed "s/^/fuzz $$t: /"; \
+	    $(FUZZ_RUN) $$fresh seeds/$$t -- -seed=1 -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS) 2>&1 \
+	        | grep -E '^(Done|==|SUMMARY)|panicked' | sed "s/^/fuzz $$t: /"; \
 	    status=$${PIPESTATUS[0]}; rm -rf $$fresh; test $$status -eq 0; \
 	done
 

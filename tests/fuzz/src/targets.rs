@@ -20,7 +20,7 @@ use palisade::api::json::parse;
 use palisade::api::types::{
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest,
 };
-use palisade::api::validate;
+use palisade::api::validate::{self, ValidGeneration};
 use palisade::config::LimitsSection;
 use palisade::plugins::policy::{DEFAULT_PUBLIC, Policy};
 use palisade::server::ROUTES;
@@ -86,6 +86,23 @@ fn client_error(e: &ApiError, what: &str) {
     );
 }
 
+/// A validated generation respects `limits`: `n`, `max_tokens`, and every
+/// prompt plus `max_tokens` within the context `ctx`.
+fn within_limits(v: &ValidGeneration, limits: &LimitsSection, ctx: usize) {
+    assert!(v.n >= 1 && v.n <= limits.max_n, "n {}", v.n);
+    assert!(
+        v.max_tokens <= limits.max_tokens,
+        "max_tokens {}",
+        v.max_tokens
+    );
+    for p in &v.prompts {
+        assert!(
+            p.len() + v.max_tokens <= ctx,
+            "prompt + max_tokens over the context"
+        );
+    }
+}
+
 /// Request bodies: the strict serde path every generation, embedding and
 /// tokenizer route takes, then validation against a real engine (template
 /// rendering, tokenization, limits). Client input must never panic and
@@ -100,17 +117,8 @@ pub fn request_json(data: &[u8]) {
     match parse::<ChatCompletionRequest>(data) {
         Ok(r) => match validate::chat(engine, &limits, r) {
             Ok(v) => {
-                assert!(v.n >= 1 && v.n <= limits.max_n, "n {}", v.n);
-                assert!(
-                    v.max_tokens <= limits.max_tokens,
-                    "max_tokens {}",
-                    v.max_tokens
-                );
                 assert_eq!(v.prompts.len(), 1);
-                assert!(
-                    v.prompts[0].len() + v.max_tokens <= ctx,
-                    "prompt + max_tokens over the context"
-                );
+                within_limits(&v, &limits, ctx);
             }
             Err(e) => client_error(&e, "chat validation"),
         },
@@ -119,19 +127,8 @@ pub fn request_json(data: &[u8]) {
     match parse::<CompletionRequest>(data) {
         Ok(r) => match validate::completion(engine, &limits, r) {
             Ok(v) => {
-                assert!(v.n >= 1 && v.n <= limits.max_n, "n {}", v.n);
-                assert!(
-                    v.max_tokens <= limits.max_tokens,
-                    "max_tokens {}",
-                    v.max_tokens
-                );
                 assert!(!v.prompts.is_empty());
-                for p in &v.prompts {
-                    assert!(
-                        p.len() + v.max_tokens <= ctx,
-                        "prompt + max_tokens over the context"
-                    );
-                }
+                within_limits(&v, &limits, ctx);
             }
             Err(e) => client_error(&e, "completion validation"),
         },
