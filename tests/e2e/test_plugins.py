@@ -4,6 +4,7 @@ default-deny coverage, containment of misbehaving plugins, hot reload."""
 import http.server
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import MODEL
-from policies import OPEN, keys_config, plugin, route, write
+from policies import OPEN, PLUGINS, keys_config, plugin, route, write
 from server import Server
 
 ADMIN, USER, METRICS = "pal_admin_key_for_tests_0123456789abcdef", "pal_user_key_for_tests_0123456789abcdef", "pal_metrics_key_0123456789abcdef"
@@ -262,6 +263,47 @@ def test_hot_reload_revokes_a_key_and_keeps_a_good_policy(binary, tmp_path):
         while time.time() < deadline and httpx.get(s.url + "/v1/models", headers=h(USER)).status_code != 200:
             time.sleep(0.1)
         assert httpx.get(s.url + "/v1/models", headers=h(USER)).status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_reload_keeps_unchanged_plugins_and_still_checks_their_pins(binary, tmp_path):
+    # The filter loads from a copy, so the test can change the file under its pin.
+    wasm = tmp_path / "redact.wasm"
+    shutil.copy(PLUGINS / "redact_word.wasm", wasm)
+
+    def policy(word):
+        redact = plugin("redact", "redact_word.wasm", "output-filter", config={"word": word, "action": "redact"})
+        return (auth_policy().replace(route("*", auth="keys", scopes=["inference"]),
+                                      route("*", auth="keys", scopes=["inference"], output=["redact"]))
+                + redact.replace(str(PLUGINS / "redact_word.wasm"), str(wasm)))
+
+    path = write(tmp_path, policy("Paris"))
+    s = Server(binary, "--no-embeddings", policy=path)
+    h = {"authorization": f"Bearer {USER}"}
+    text = lambda: httpx.post(s.url + "/v1/completions", json=PARIS, headers=h, timeout=60).json()["choices"][0]["text"]
+    try:
+        first = text()
+        assert "[REDACTED]" in first and "Paris" not in first, first
+        # Nothing changed: both plugins are kept, the filter still filters.
+        assert s.admin("POST", "/admin/reload", ADMIN).status_code == 200
+        assert "policy reloaded: 2 of 2 plugins kept, 0 loaded" in s.logs()
+        assert text() == first
+        # A changed config loads that plugin again, with the new config.
+        path.write_text(policy("nowhere"))
+        assert s.admin("POST", "/admin/reload", ADMIN).status_code == 200
+        assert "policy reloaded: 1 of 2 plugins kept, 1 loaded" in s.logs()
+        assert "Paris" in text()
+        # A kept plugin's file is still checked against its pin: a changed
+        # file fails the reload, and the running policy stays.
+        good = wasm.read_bytes()
+        wasm.write_bytes(good + b"\0")
+        r = s.admin("POST", "/admin/reload", ADMIN)
+        assert r.status_code == 422 and "sha256" in r.json()["error"]["message"], r.text
+        assert "Paris" in text()
+        wasm.write_bytes(good)
+        assert s.admin("POST", "/admin/reload", ADMIN).status_code == 200
+        assert s.logs().count("policy reloaded: 2 of 2 plugins kept, 0 loaded") == 2
     finally:
         assert s.stop() == 0
 

@@ -22,10 +22,7 @@ use crate::HostError;
 
 /// The sha256 of `bytes`, lower-case hex (plugin pins, API key hashes).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Reads the component a policy names and checks it against its sha256
@@ -33,9 +30,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// file and both digests (the runtime loads through this, and
 /// `palisade doctor` and the start-up checks use it too).
 pub fn read_pinned(name: &str, spec: &policy::PluginSpec) -> Result<Vec<u8>, HostError> {
-    let bytes = std::fs::read(&spec.path)
-        .map_err(|e| HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display())))?;
-    let digest = sha256_hex(&bytes);
+    let bytes = std::fs::read(&spec.path).map_err(|e| read_error(name, spec, e))?;
+    check_digest(name, spec, sha256_hex(&bytes))?;
+    Ok(bytes)
+}
+
+/// Checks the component a policy names against its sha256 pin without
+/// holding the file in memory (it is hashed as it is read); the digest when
+/// it matches. The runtime uses this when a compiled copy of the pinned
+/// digest is cached, or the plugin is already loaded: a large component
+/// (the code interpreter is 20 MB) then costs no allocation of its size.
+pub fn check_pinned(name: &str, spec: &policy::PluginSpec) -> Result<String, HostError> {
+    let mut file = std::fs::File::open(&spec.path).map_err(|e| read_error(name, spec, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| read_error(name, spec, e))?;
+    let digest = hex(&hasher.finalize());
+    check_digest(name, spec, digest)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_error(name: &str, spec: &policy::PluginSpec, e: std::io::Error) -> HostError {
+    HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
+}
+
+fn check_digest(name: &str, spec: &policy::PluginSpec, digest: String) -> Result<String, HostError> {
     if !digest.eq_ignore_ascii_case(&spec.sha256) {
         return Err(HostError::Plugin(format!(
             "plugin `{name}`: {} has sha256 {digest}, the policy pins {}; refusing to load it",
@@ -43,5 +64,41 @@ pub fn read_pinned(name: &str, spec: &policy::PluginSpec) -> Result<Vec<u8>, Hos
             spec.sha256
         )));
     }
-    Ok(bytes)
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: std::path::PathBuf, sha256: String) -> policy::PluginSpec {
+        policy::PluginSpec {
+            path,
+            sha256,
+            kind: policy::PluginKind::Admission,
+            config: Default::default(),
+            config_files: Default::default(),
+            limits: Default::default(),
+            grants: Default::default(),
+        }
+    }
+
+    #[test]
+    fn streaming_and_whole_file_pin_checks_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.wasm");
+        // Larger than io::copy's buffer, so the streamed hash spans reads.
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let good = spec(path.clone(), sha256_hex(&bytes).to_uppercase());
+        assert_eq!(check_pinned("p", &good).unwrap(), sha256_hex(&bytes));
+        assert_eq!(read_pinned("p", &good).unwrap(), bytes);
+        let bad = spec(path.clone(), sha256_hex(b"other"));
+        for e in [check_pinned("p", &bad).unwrap_err(), read_pinned("p", &bad).err().unwrap()] {
+            let msg = e.to_string();
+            assert!(msg.contains("plugin `p`") && msg.contains(&sha256_hex(&bytes)) && msg.contains("refusing"), "{msg}");
+        }
+        let gone = spec(dir.path().join("missing.wasm"), sha256_hex(&bytes));
+        assert!(check_pinned("p", &gone).unwrap_err().to_string().contains("missing.wasm"));
+    }
 }

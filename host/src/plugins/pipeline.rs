@@ -13,7 +13,7 @@ use super::bindings::shared::palisade::plugin::types::{
     AdmissionVerdict, Denial, FilterVerdict, Principal, RequestContext, RequestMeta, Rewrite,
 };
 use super::counters::CounterStore;
-use super::policy::{FailureMode, Policy, RouteRule};
+use super::policy::{FailureMode, PluginSpec, Policy, RouteRule};
 use super::runtime::{Instance, LoadedPlugin, PluginStore, Runtime, StageFailure, timed};
 use crate::HostError;
 use crate::api::ApiError;
@@ -51,7 +51,8 @@ pub struct Pipeline {
     /// Loaded plugins by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     counters: Arc<dyn CounterStore>,
-    _runtime: Runtime,
+    runtime: Arc<Runtime>,
+    kept: usize,
     stats: Mutex<Stats>,
 }
 
@@ -98,18 +99,29 @@ impl Pipeline {
     /// Loads `policy` to replace `previous`: when both name the same
     /// counters backend, the new pipeline keeps counting in the old one's
     /// store (a reload does not reset rate limits, and requests finishing
-    /// on the old policy settle in the same counters).
+    /// on the old policy settle in the same counters). When the runtime's
+    /// settings are unchanged it is kept, and so is each plugin whose entry,
+    /// config files and component (still checked against its pin) are
+    /// unchanged: a reload then compiles and instantiates only what changed.
     pub fn rebuild(policy: Policy, previous: &Pipeline) -> Result<Self, HostError> {
         let counters = if policy.counters == previous.policy.counters {
             previous.counters.clone()
         } else {
             policy.counters.open()?
         };
-        Self::build_with(policy, counters)
+        Self::assemble(policy, counters, Some(previous))
     }
 
     /// Loads every plugin of `policy` with a counters backend.
     pub fn build_with(policy: Policy, counters: Arc<dyn CounterStore>) -> Result<Self, HostError> {
+        Self::assemble(policy, counters, None)
+    }
+
+    fn assemble(
+        policy: Policy,
+        counters: Arc<dyn CounterStore>,
+        previous: Option<&Pipeline>,
+    ) -> Result<Self, HostError> {
         let max_mem = policy
             .plugins
             .values()
@@ -117,18 +129,61 @@ impl Pipeline {
             .max()
             .unwrap_or(16 << 20);
         let fuel = policy.plugins.values().any(|p| p.limits.fuel > 0);
-        let runtime = Runtime::new(&policy.runtime, max_mem, fuel)?;
-        let mut plugins = BTreeMap::new();
+        let previous = previous.filter(|p| p.runtime.fits(&policy.runtime, max_mem, fuel));
+        let runtime = match previous {
+            Some(p) => p.runtime.clone(),
+            None => Arc::new(Runtime::new(&policy.runtime, max_mem, fuel)?),
+        };
+        let (mut plugins, mut kept_count) = (BTreeMap::new(), 0);
         for (name, spec) in &policy.plugins {
-            plugins.insert(name.clone(), runtime.load(name, spec, counters.clone())?);
+            let kept = match previous {
+                Some(p) => p.unchanged(name, spec, &counters)?,
+                None => None,
+            };
+            let plugin = match kept {
+                Some(p) => {
+                    kept_count += 1;
+                    p
+                }
+                None => runtime.load(name, spec, counters.clone())?,
+            };
+            plugins.insert(name.clone(), plugin);
         }
         Ok(Pipeline {
             policy,
             plugins,
             counters,
-            _runtime: runtime,
+            runtime,
+            kept: kept_count,
             stats: Mutex::default(),
         })
+    }
+
+    /// How many of its plugins were kept from the pipeline it replaced
+    /// (the rest were loaded).
+    pub fn kept_plugins(&self) -> usize {
+        self.kept
+    }
+
+    /// This pipeline's plugin `name` when `spec` would load it the same:
+    /// the same entry, the same counters, the same config (its files are
+    /// read again) and a component that still matches its pin (a changed
+    /// or missing file fails the reload, as a fresh load would).
+    fn unchanged(
+        &self,
+        name: &str,
+        spec: &PluginSpec,
+        counters: &Arc<dyn CounterStore>,
+    ) -> Result<Option<Arc<LoadedPlugin>>, HostError> {
+        let (Some(old), Some(loaded)) = (self.policy.plugins.get(name), self.plugins.get(name))
+        else {
+            return Ok(None);
+        };
+        if old != spec || !Arc::ptr_eq(&self.counters, counters) {
+            return Ok(None);
+        }
+        super::check_pinned(name, spec)?;
+        Ok((spec.effective_config(name)? == loaded.info.config).then(|| loaded.clone()))
     }
 
     /// The rule for a route pattern (default-public routes get a public

@@ -33,7 +33,7 @@ pub struct Policy {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// Where compiled plugins are cached (a private directory).
@@ -112,7 +112,7 @@ pub enum PluginKind {
 }
 
 /// One plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
     /// The component file (relative paths are relative to the policy file).

@@ -215,6 +215,8 @@ pub struct Runtime {
     wake: Arc<(Mutex<bool>, Condvar)>,
     plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>,
     prewarm: usize,
+    /// What it was built from (see [`Runtime::fits`]).
+    settings: (RuntimeSection, usize, bool),
 }
 
 impl std::fmt::Debug for Runtime {
@@ -320,7 +322,14 @@ impl Runtime {
             wake,
             plugins,
             prewarm: rt.prewarm,
+            settings: (rt.clone(), max_memory, fuel),
         })
+    }
+
+    /// Whether `Runtime::new(rt, max_memory, fuel)` would build this same
+    /// runtime: a reload keeps it (and its loaded plugins) when it would.
+    pub fn fits(&self, rt: &RuntimeSection, max_memory: usize, fuel: bool) -> bool {
+        self.settings == (rt.clone(), max_memory, fuel)
     }
 
     /// Loads `spec` as `name`: checks the sha256 pin, compiles (or reads
@@ -331,9 +340,7 @@ impl Runtime {
         spec: &PluginSpec,
         counters: Arc<dyn CounterStore>,
     ) -> Result<Arc<LoadedPlugin>, HostError> {
-        let bytes = super::read_pinned(name, spec)?;
-        let digest = super::sha256_hex(&bytes);
-        let component = self.compile(name, &digest, &bytes)?;
+        let component = self.compile(name, spec)?;
         let err = |e: wasmtime::Error| HostError::Plugin(format!("plugin `{name}`: {e:#}"));
         let ipre = self.linker.instantiate_pre(&component).map_err(err)?;
         let pre = match spec.kind {
@@ -391,11 +398,17 @@ impl Runtime {
         Ok(p)
     }
 
-    fn compile(&self, name: &str, digest: &str, bytes: &[u8]) -> Result<Component, HostError> {
+    /// The compiled component of `spec`. With a cache, the source is only
+    /// hashed (streamed) to find the compiled copy of its pinned digest; it
+    /// is read whole only to compile it, and then the bytes compiled are the
+    /// bytes checked.
+    fn compile(&self, name: &str, spec: &PluginSpec) -> Result<Component, HostError> {
         let err = |e: wasmtime::Error| HostError::Plugin(format!("plugin `{name}`: {e:#}"));
         let Some(dir) = &self.cache_dir else {
-            return Component::new(&self.engine, bytes).map_err(err);
+            let bytes = super::read_pinned(name, spec)?;
+            return Component::new(&self.engine, &bytes).map_err(err);
         };
+        let digest = super::check_pinned(name, spec)?;
         crate::private::ensure_dir(dir)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -414,7 +427,9 @@ impl Runtime {
                 }
             }
         }
-        let compiled = self.engine.precompile_component(bytes).map_err(err)?;
+        let bytes = super::read_pinned(name, spec)?;
+        let compiled = self.engine.precompile_component(&bytes).map_err(err)?;
+        drop(bytes);
         let tmp = file.with_extension("tmp");
         if write_private(&tmp, &compiled)
             .and_then(|_| std::fs::rename(&tmp, &file))
