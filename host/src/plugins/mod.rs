@@ -56,7 +56,11 @@ fn read_error(name: &str, spec: &policy::PluginSpec, e: std::io::Error) -> HostE
     HostError::Plugin(format!("plugin `{name}`: {}: {e}", spec.path.display()))
 }
 
-fn check_digest(name: &str, spec: &policy::PluginSpec, digest: String) -> Result<String, HostError> {
+fn check_digest(
+    name: &str,
+    spec: &policy::PluginSpec,
+    digest: String,
+) -> Result<String, HostError> {
     if !digest.eq_ignore_ascii_case(&spec.sha256) {
         return Err(HostError::Plugin(format!(
             "plugin `{name}`: {} has sha256 {digest}, the policy pins {}; refusing to load it",
@@ -94,11 +98,24 @@ mod tests {
         assert_eq!(check_pinned("p", &good).unwrap(), sha256_hex(&bytes));
         assert_eq!(read_pinned("p", &good).unwrap(), bytes);
         let bad = spec(path.clone(), sha256_hex(b"other"));
-        for e in [check_pinned("p", &bad).unwrap_err(), read_pinned("p", &bad).err().unwrap()] {
+        for e in [
+            check_pinned("p", &bad).unwrap_err(),
+            read_pinned("p", &bad).err().unwrap(),
+        ] {
             let msg = e.to_string();
-            assert!(msg.contains("plugin `p`") && msg.contains(&sha256_hex(&bytes)) && msg.contains("refusing"), "{msg}");
+            assert!(
+                msg.contains("plugin `p`")
+                    && msg.contains(&sha256_hex(&bytes))
+                    && msg.contains("refusing"),
+                "{msg}"
+            );
         }
         let gone = spec(dir.path().join("missing.wasm"), sha256_hex(&bytes));
-        assert!(check_pinned("p", &gone).unwrap_err().to_string().contains("missing.wasm"));
+        assert!(
+            check_pinned("p", &gone)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.wasm")
+        );
     }
 }

@@ -123,7 +123,10 @@ impl AppState {
         .map_err(|e| crate::HostError::Policy(format!("reload task failed: {e}")))??;
         let (kept, all) = (built.kept_plugins(), built.plugins.len());
         self.pipeline.store(Arc::new(built));
-        tracing::info!("policy reloaded: {kept} of {all} plugins kept, {} loaded", all - kept);
+        tracing::info!(
+            "policy reloaded: {kept} of {all} plugins kept, {} loaded",
+            all - kept
+        );
         Ok(())
     }
 
