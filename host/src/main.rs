@@ -405,31 +405,60 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Caps glibc's malloc arenas at the core count (at least 2) unless the
-/// operator set `MALLOC_ARENA_MAX`. glibc's default (8 per core) let the
-/// code-interpreter plugin's start-up leave about 17 MB in each of some 20
-/// thread arenas: 424 MB of RSS against 78 MB with 2 arenas, measured on
-/// 2 cores with the interpreter in the policy (51 against 49 MB without it).
+/// Large allocations get their own mapping from this size up.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cap_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
+const MMAP_THRESHOLD: i32 = 4 << 20;
+
+/// Tunes glibc's malloc for a long-running server, unless the operator set
+/// the matching `MALLOC_*` variable:
+/// - arenas are capped at the core count (at least 2; glibc's default is 8
+///   per core);
+/// - allocations from 4 MiB up are mapped on their own and unmapped when
+///   freed (`M_MMAP_THRESHOLD`, the heap trimmed above twice that). glibc's
+///   default threshold rises to the size of the largest mapped block freed
+///   (up to 32 MiB); once the code interpreter's start-up had raised it, the
+///   blocks below it went into arena heaps that were never given back: 388
+///   MB of anonymous memory with the interpreter in the policy against 24
+///   MB with the threshold fixed, measured on 2 cores.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
-    // SAFETY: `mallopt` only sets an allocator parameter; it runs first in
-    // `main`, before any thread that could allocate concurrently exists.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    let settings = [
+        (
+            "MALLOC_ARENA_MAX",
+            libc::M_ARENA_MAX,
+            i32::try_from(cores.max(2)).unwrap_or(i32::MAX),
+        ),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+        ),
+        (
+            "MALLOC_TRIM_THRESHOLD_",
+            libc::M_TRIM_THRESHOLD,
+            2 * MMAP_THRESHOLD,
+        ),
+    ];
+    for (var, param, value) in settings {
+        if std::env::var_os(var).is_some() {
+            continue;
+        }
+        // SAFETY: `mallopt` only sets an allocator parameter; it runs first
+        // in `main`, before any thread that could allocate concurrently
+        // exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(param, value);
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cap_malloc_arenas() {}
+fn tune_malloc() {}
 
 fn main() -> Result<()> {
-    cap_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     if let Command::Serve { flags } = &cli.command {
         let cfg = ServeConfig::load(flags)?;
