@@ -102,6 +102,8 @@ def test_500_connections_with_faults_and_reloads_every_second(binary, tmp_path):
         kinds = __import__('collections').Counter(b for b, _ in load.failures)
         assert not load.failures, (dict(kinds), load.failures[:20])
         assert summary["requests"] > CONNS, summary
+        # Trickled requests a starved client let time out are excused, not all of them.
+        assert summary["statuses"].get("slow_ok", {}).get("200", 0) > 0, summary
         assert reloads >= SECS - 2 and done_reloads >= reloads // 2, (reloads, done_reloads)
         assert "reload failed" not in s.logs()
         # Valid-key requests never failed across the reloads: no 401/403, no 5xx.
