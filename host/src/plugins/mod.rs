@@ -22,7 +22,10 @@ use crate::HostError;
 
 /// The sha256 of `bytes`, lower-case hex (plugin pins, API key hashes).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Reads the component a policy names and checks it against its sha256
@@ -41,15 +44,9 @@ pub fn read_pinned(name: &str, spec: &policy::PluginSpec) -> Result<Vec<u8>, Hos
 /// digest is cached, or the plugin is already loaded: a large component
 /// (the code interpreter is 20 MB) then costs no allocation of its size.
 pub fn check_pinned(name: &str, spec: &policy::PluginSpec) -> Result<String, HostError> {
-    let mut file = std::fs::File::open(&spec.path).map_err(|e| read_error(name, spec, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| read_error(name, spec, e))?;
-    let digest = hex(&hasher.finalize());
+    let (digest, _) =
+        crate::manifest::hash_file(&spec.path).map_err(|e| read_error(name, spec, e))?;
     check_digest(name, spec, digest)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_error(name: &str, spec: &policy::PluginSpec, e: std::io::Error) -> HostError {
@@ -91,8 +88,8 @@ mod tests {
     fn streaming_and_whole_file_pin_checks_agree() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.wasm");
-        // Larger than io::copy's buffer, so the streamed hash spans reads.
-        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Larger than hash_file's buffer, so the streamed hash spans reads.
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
         let good = spec(path.clone(), sha256_hex(&bytes).to_uppercase());
         assert_eq!(check_pinned("p", &good).unwrap(), sha256_hex(&bytes));

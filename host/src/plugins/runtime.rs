@@ -214,7 +214,6 @@ pub struct Runtime {
     reaper: Arc<Reaper>,
     wake: Arc<(Mutex<bool>, Condvar)>,
     plugins: Arc<Mutex<Vec<Weak<LoadedPlugin>>>>,
-    prewarm: usize,
     /// What it was built from (see [`Runtime::fits`]).
     settings: (RuntimeSection, usize, bool),
 }
@@ -321,7 +320,6 @@ impl Runtime {
             reaper,
             wake,
             plugins,
-            prewarm: rt.prewarm,
             settings: (rt.clone(), max_memory, fuel),
         })
     }
@@ -329,7 +327,8 @@ impl Runtime {
     /// Whether `Runtime::new(rt, max_memory, fuel)` would build this same
     /// runtime: a reload keeps it (and its loaded plugins) when it would.
     pub fn fits(&self, rt: &RuntimeSection, max_memory: usize, fuel: bool) -> bool {
-        self.settings == (rt.clone(), max_memory, fuel)
+        let (built_rt, built_memory, built_fuel) = &self.settings;
+        built_rt == rt && *built_memory == max_memory && *built_fuel == fuel
     }
 
     /// Loads `spec` as `name`: checks the sha256 pin, compiles (or reads
@@ -374,9 +373,9 @@ impl Runtime {
             // can be large (CPython is about 20 MB): keep one ready, not a
             // pool sized for per-request stages.
             prewarm: if spec.kind == PluginKind::Tool {
-                self.prewarm.min(1)
+                self.settings.0.prewarm.min(1)
             } else {
-                self.prewarm
+                self.settings.0.prewarm
             },
             reaper: self.reaper.clone(),
             wake: self.wake.clone(),
